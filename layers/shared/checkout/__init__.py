@@ -1,0 +1,1 @@
+"""Checkout saga: the domain and its adapters, shared by every function."""
