@@ -1,0 +1,1 @@
+"""Lambda functions of the checkout saga, one folder each."""

@@ -1,0 +1,1 @@
+"""confirm_checkout: the customer-facing checkout API."""

@@ -1,0 +1,356 @@
+"""What operators rely on in template.yaml: logging, durability, retries, auth, wiring, outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
+
+# Every variable the code reads, and the parameter that feeds it (None: a resource or a constant).
+CODE_ENVIRONMENT: dict[str, str | None] = {
+    "POWERTOOLS_SERVICE_NAME": None,
+    "POWERTOOLS_METRICS_NAMESPACE": None,
+    "POWERTOOLS_LOG_LEVEL": "LogLevel",
+    "STAGE": "Stage",
+    "ORDERS_TABLE_NAME": None,
+    "FAILED_COMPENSATIONS_TABLE_NAME": None,
+    "FAILED_COMPENSATIONS_QUEUE_URL": None,
+    "ALERTS_TOPIC_ARN": None,
+    "PAYMENT_API_BASE_URL": "PaymentApiBaseUrl",
+    "PAYMENT_API_KEY_SECRET_ARN": None,
+    "WAREHOUSE_API_BASE_URL": "WarehouseApiBaseUrl",
+    "PAYMENT_TIMEOUT_SECONDS": "PaymentTimeoutSeconds",
+    "CAPTURE_MAX_RETRIES": "CaptureMaxRetries",
+    "CAPTURE_BACKOFF_BASE_SECONDS": "CaptureBackoffBaseSeconds",
+    "CAPTURE_BACKOFF_MAX_SECONDS": "CaptureBackoffMaxSeconds",
+    "COMPENSATION_MAX_RETRIES": "CompensationMaxRetries",
+    "STALE_SAGA_SECONDS": "StaleSagaSeconds",
+    "SESSION_TTL_SECONDS": "SessionTtlSeconds",
+    "CIRCUIT_FAILURE_THRESHOLD": "CircuitFailureThreshold",
+}
+
+RESOURCE_ENVIRONMENT = {
+    "ORDERS_TABLE_NAME": {"Ref": "OrdersTable"},
+    "FAILED_COMPENSATIONS_TABLE_NAME": {"Ref": "FailedCompensationsTable"},
+    "FAILED_COMPENSATIONS_QUEUE_URL": {"Ref": "FailedCompensationsQueue"},
+    "ALERTS_TOPIC_ARN": {"Ref": "AlertsTopic"},
+    "PAYMENT_API_KEY_SECRET_ARN": {"Ref": "PaymentApiKeySecret"},
+}
+
+HTTP_API_INTEGRATION_LIMIT_SECONDS = 30
+
+
+class CloudFormationLoader(yaml.SafeLoader):
+    """A SafeLoader that reads short-form intrinsics (!Ref, !GetAtt, ...) as their long form."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    else:
+        raise yaml.constructor.ConstructorError(None, None, f"unexpected node for !{tag_suffix}", node.start_mark)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+CloudFormationLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE_PATH.read_text(), Loader=CloudFormationLoader)  # a SafeLoader subclass
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def _of_type(resources: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in resources.items() if res["Type"] == resource_type}
+
+
+def _referenced_names(value: Any) -> Iterator[str]:
+    """Logical ids a value points at through Ref, GetAtt or ${...} in Sub."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref" and isinstance(inner, str):
+                yield inner
+            elif key == "Fn::GetAtt":
+                yield inner[0]
+            elif key == "Fn::Sub":
+                text = inner if isinstance(inner, str) else inner[0]
+                for token in text.split("${")[1:]:
+                    yield token.split("}", 1)[0].split(".", 1)[0]
+                if not isinstance(inner, str):
+                    yield from _referenced_names(inner[1])
+            else:
+                yield from _referenced_names(inner)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _referenced_names(item)
+
+
+def _key_schema(schema: list[dict[str, str]]) -> dict[str, str]:
+    return {key["KeyType"]: key["AttributeName"] for key in schema}
+
+
+def _function_timeout(template: dict[str, Any], function: dict[str, Any]) -> int:
+    return int(function["Properties"].get("Timeout", template["Globals"]["Function"]["Timeout"]))
+
+
+# --- logging ---------------------------------------------------------------------------------------
+
+
+def test_every_function_logs_json_to_its_own_log_group_with_retention(resources: dict[str, Any]) -> None:
+    functions = _of_type(resources, "AWS::Serverless::Function")
+    assert functions, "the template defines no function"
+
+    for name, function in functions.items():
+        logging_config = function["Properties"].get("LoggingConfig")
+        assert logging_config, f"{name} has no LoggingConfig"
+        assert logging_config["LogFormat"] == "JSON", name
+
+        log_group_id = logging_config["LogGroup"]["Ref"]
+        log_group = resources[log_group_id]
+        assert log_group["Type"] == "AWS::Logs::LogGroup", name
+        assert log_group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+
+
+def test_function_log_group_is_named_after_the_function(resources: dict[str, Any]) -> None:
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        function_name = function["Properties"]["FunctionName"]["Fn::Sub"]
+        log_group = resources[function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]]
+
+        assert log_group["Properties"]["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/{function_name}"}, name
+
+
+def test_every_function_uses_the_layout_entry_point(resources: dict[str, Any]) -> None:
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        assert function["Properties"]["Handler"] == "app.lambda_handler", name
+        assert function["Properties"]["CodeUri"].startswith("functions/"), name
+
+
+# --- durability -----------------------------------------------------------------------------------
+
+
+def test_orders_table_has_point_in_time_recovery(resources: dict[str, Any]) -> None:
+    table = resources["OrdersTable"]["Properties"]
+
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+
+
+def test_orders_table_has_sparse_due_index_for_workers(resources: dict[str, Any]) -> None:
+    table = resources["OrdersTable"]["Properties"]
+    attribute_types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    indexes = {index["IndexName"]: index for index in table["GlobalSecondaryIndexes"]}
+
+    due_index = indexes["due-index"]
+    assert _key_schema(due_index["KeySchema"]) == {"HASH": "work_queue", "RANGE": "due_at"}
+    assert attribute_types["work_queue"] == "S"
+    assert attribute_types["due_at"] == "N"
+    assert due_index["Projection"]["ProjectionType"] == "ALL"
+    # Sparse: the index keys are not the table's keys, so items without them stay out of the index.
+    assert _key_schema(table["KeySchema"]) == {"HASH": "pk"}
+
+
+def test_failed_compensations_table_can_be_listed_by_status_and_by_order(resources: dict[str, Any]) -> None:
+    table = resources["FailedCompensationsTable"]["Properties"]
+    indexes = {index["IndexName"]: _key_schema(index["KeySchema"]) for index in table["GlobalSecondaryIndexes"]}
+
+    assert _key_schema(table["KeySchema"]) == {"HASH": "id"}
+    assert indexes["status-index"] == {"HASH": "status", "RANGE": "created_at"}
+    assert indexes["order-index"] == {"HASH": "order_id"}
+
+
+def test_tables_survive_stack_deletion_and_are_protected_in_prod(resources: dict[str, Any]) -> None:
+    tables = _of_type(resources, "AWS::DynamoDB::Table")
+    assert set(tables) == {"OrdersTable", "FailedCompensationsTable"}
+
+    for name, table in tables.items():
+        assert table["DeletionPolicy"] == "Retain", name
+        assert table["UpdateReplacePolicy"] == "Retain", name
+        assert table["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert table["Properties"]["SSESpecification"]["SSEEnabled"] is True, name
+        assert table["Properties"]["DeletionProtectionEnabled"] == {"Fn::If": ["IsProd", True, False]}, name
+
+
+# --- retries and the dead-letter queue ------------------------------------------------------------
+
+
+def test_queue_moves_a_message_to_the_dlq_after_compensation_max_retries(resources: dict[str, Any]) -> None:
+    redrive = resources["FailedCompensationsQueue"]["Properties"]["RedrivePolicy"]
+
+    assert redrive["maxReceiveCount"] == {"Ref": "CompensationMaxRetries"}
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["FailedCompensationsDLQ", "Arn"]}
+
+
+def test_dlq_keeps_messages_longer_than_the_source_queue(resources: dict[str, Any]) -> None:
+    source = resources["FailedCompensationsQueue"]["Properties"]
+    dlq = resources["FailedCompensationsDLQ"]["Properties"]
+
+    # A moved message keeps its original enqueue time, so the DLQ must outlive the source's retention.
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert dlq["MessageRetentionPeriod"] > source["MessageRetentionPeriod"]
+
+
+def test_queues_are_encrypted_at_rest(resources: dict[str, Any]) -> None:
+    for name, queue in _of_type(resources, "AWS::SQS::Queue").items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def test_api_function_answers_before_the_http_api_gives_up(template: dict[str, Any]) -> None:
+    function = template["Resources"]["ConfirmCheckoutFunction"]
+
+    assert _function_timeout(template, function) < HTTP_API_INTEGRATION_LIMIT_SECONDS
+
+
+def test_a_payment_call_always_fits_in_the_api_function(template: dict[str, Any]) -> None:
+    function = template["Resources"]["ConfirmCheckoutFunction"]
+    payment_timeout = template["Parameters"]["PaymentTimeoutSeconds"]
+
+    assert payment_timeout["Default"] == 15
+    assert payment_timeout["MaxValue"] < _function_timeout(template, function)
+
+
+def test_recovery_never_takes_over_a_running_confirm(template: dict[str, Any]) -> None:
+    function = template["Resources"]["ConfirmCheckoutFunction"]
+    stale = template["Parameters"]["StaleSagaSeconds"]
+
+    assert stale["Default"] == 120
+    assert stale["MinValue"] > _function_timeout(template, function)
+
+
+# --- HTTP API -------------------------------------------------------------------------------------
+
+
+def _routes(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    routes = {}
+    for function in _of_type(resources, "AWS::Serverless::Function").values():
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "HttpApi":
+                props = event["Properties"]
+                routes[f"{props['Method'].upper()} {props['Path']}"] = props
+    return routes
+
+
+def test_create_session_requires_iam_and_customer_routes_do_not(resources: dict[str, Any]) -> None:
+    routes = _routes(resources)
+
+    assert routes["POST /checkout/sessions"]["Auth"]["Authorizer"] == "AWS_IAM"
+    assert "Auth" not in routes["POST /checkout/confirm"]
+    assert "Auth" not in routes["GET /orders/{order_id}"]
+
+
+def test_http_api_enables_iam_and_logs_every_request(resources: dict[str, Any]) -> None:
+    api = resources["CheckoutHttpApi"]["Properties"]
+
+    assert api["Auth"]["EnableIamAuthorizer"] is True
+    assert api["FailOnWarnings"] is True
+    log_group_id = api["AccessLogSettings"]["DestinationArn"]["Fn::GetAtt"][0]
+    assert resources[log_group_id]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
+
+
+def test_every_route_reaches_the_api(resources: dict[str, Any]) -> None:
+    for route, props in _routes(resources).items():
+        assert props["ApiId"] == {"Ref": "CheckoutHttpApi"}, route
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_globals_set_every_variable_the_code_reads(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+
+    missing = set(CODE_ENVIRONMENT) - set(variables)
+    assert not missing, f"Globals lack {sorted(missing)}"
+    for variable, parameter in CODE_ENVIRONMENT.items():
+        if parameter is not None:
+            assert variables[variable] == {"Ref": parameter}, variable
+            assert parameter in template["Parameters"], parameter
+    for variable, reference in RESOURCE_ENVIRONMENT.items():
+        assert variables[variable] == reference, variable
+
+
+def test_globals_satisfy_every_required_setting_of_the_code(template: dict[str, Any]) -> None:
+    config = pytest.importorskip("checkout.config")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+
+    required = {field.alias for field in config.Settings.model_fields.values() if field.is_required()}
+
+    assert required <= set(variables), f"cold start would fail: {sorted(required - set(variables))}"
+
+
+def test_parameter_defaults_match_the_contract(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    defaults = {
+        "Stage": "dev",
+        "PaymentApiBaseUrl": "https://api.stripe.com",
+        "PaymentTimeoutSeconds": 15,
+        "CaptureMaxRetries": 5,
+        "CaptureBackoffBaseSeconds": 60,
+        "CaptureBackoffMaxSeconds": 1800,
+        "CompensationMaxRetries": 3,
+        "StaleSagaSeconds": 120,
+        "SessionTtlSeconds": 1800,
+        "CircuitFailureThreshold": 5,
+        "AlertEmail": "",
+        "LogRetentionDays": 30,
+        "LogLevel": "INFO",
+    }
+
+    assert {name: parameters[name].get("Default") for name in defaults} == defaults
+    assert "Default" not in parameters["WarehouseApiBaseUrl"], "the warehouse URL must be given at deploy"
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+
+
+def test_cloudwatch_alarms_can_publish_to_the_encrypted_alerts_topic(resources: dict[str, Any]) -> None:
+    topic = resources["AlertsTopic"]["Properties"]
+    key_id = topic["KmsMasterKeyId"]["Ref"]
+    statements = resources[key_id]["Properties"]["KeyPolicy"]["Statement"]
+
+    cloudwatch = [s for s in statements if s["Principal"].get("Service") == "cloudwatch.amazonaws.com"]
+    assert cloudwatch, "the alerts key does not let CloudWatch alarms use it"
+    assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(cloudwatch[0]["Action"])
+
+
+def test_alert_email_subscription_is_optional(resources: dict[str, Any], template: dict[str, Any]) -> None:
+    subscription = resources["AlertsEmailSubscription"]
+
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert template["Conditions"]["HasAlertEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlertEmail"}, ""]}]}
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+
+def test_every_resource_has_an_output(template: dict[str, Any]) -> None:
+    referenced = {name for output in template["Outputs"].values() for name in _referenced_names(output["Value"])}
+
+    missing = set(template["Resources"]) - referenced
+    assert not missing, f"no Output references {sorted(missing)}"
+
+
+def test_outputs_are_not_exported(template: dict[str, Any]) -> None:
+    exported = [name for name, output in template["Outputs"].items() if "Export" in output]
+
+    assert not exported
