@@ -444,14 +444,14 @@ class FakeServer(ABC):
             return self._control(request)
         route = self._route(request.method, request.path)
         operation = route.operation if route is not None else None
-        key = request.header("Idempotency-Key") if request.method == "POST" else None
+        key = (request.header("Idempotency-Key") or None) if request.method == "POST" else None
         stopping = self._stopping
         with self._lock:
             self._in_flight += 1
         replayed = False
         response: Response | None = None
         try:
-            response, replayed = self._handle_provider(request, route, key or None, stopping)
+            response, replayed = self._handle_provider(request, route, key, stopping)
             return response
         except Exception:
             traceback.print_exc()
@@ -472,8 +472,9 @@ class FakeServer(ABC):
                         "at": iso(utc_now()),
                     }
                 )
-            if self.verbose and response is not None:
-                print(f"{self.name}: {request.method} {request.path} -> {response.status}", file=sys.stderr)
+            if self.verbose:
+                outcome = "dropped" if response is None or response.drop else response.status
+                print(f"{self.name}: {request.method} {request.path} -> {outcome}", file=sys.stderr)
 
     def _handle_provider(
         self, request: Request, route: Route | None, key: str | None, stopping: threading.Event

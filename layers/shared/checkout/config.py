@@ -27,6 +27,7 @@ class Settings(BaseModel):
     payment_api_key: str | None = Field(alias="PAYMENT_API_KEY", default=None)
     payment_api_key_secret_arn: str | None = Field(alias="PAYMENT_API_KEY_SECRET_ARN", default=None)
     warehouse_api_base_url: AnyHttpUrl = Field(alias="WAREHOUSE_API_BASE_URL")
+    warehouse_timeout_seconds: float = Field(alias="WAREHOUSE_TIMEOUT_SECONDS", default=10, gt=0, le=25)
 
     payment_timeout_seconds: float = Field(alias="PAYMENT_TIMEOUT_SECONDS", default=15, gt=0, le=30)
     capture_max_retries: int = Field(alias="CAPTURE_MAX_RETRIES", default=5, ge=1)

@@ -60,7 +60,7 @@ class CheckoutConfirmer:
         store: OrderStore,
         saga: Saga,
         charges: Charges,
-        compensator: Compensator,
+        compensator: Callable[[], Compensator],
         clock: Callable[[], float],
         capture_backoff_base_seconds: int,
         stale_saga_seconds: int,
@@ -69,6 +69,7 @@ class CheckoutConfirmer:
         self._store = store
         self._saga = saga
         self._charges = charges
+        # Built on first use: only a failed order write needs it, so a cold start does not pay for it.
         self._compensator = compensator
         self._clock = clock
         self._backoff = capture_backoff_base_seconds
@@ -224,10 +225,10 @@ class CheckoutConfirmer:
         except (ClientError, BotoCoreError, ConcurrentUpdate):
             # The store is still failing: void anyway. The order stays AUTHORIZING, so recovery settles it later.
             held = order.model_copy(update={"authorization_id": result.intent.id})
-            steps = self._compensator.run_steps(held, deadline, trust_empty_search=False)
+            steps = self._compensator().run_steps(held, deadline, trust_empty_search=False)
             if not steps.ok:
-                self._compensator.record(held, steps)
+                self._compensator().record(held, steps)
             return
-        self._compensator.compensate(
+        self._compensator().compensate(
             compensating, deadline, reason="voided after the order write failed", trust_empty_search=False
         )

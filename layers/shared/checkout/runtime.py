@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import boto3
+import httpx
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
 
@@ -21,7 +21,7 @@ from checkout.failed_compensations import FailedCompensationLedger
 from checkout.orders import OrderStore
 from checkout.payments import PaymentGateway, StripePaymentGateway
 from checkout.saga import Saga
-from checkout.sessions import WAREHOUSE_TIMEOUT_SECONDS, SessionOpener
+from checkout.sessions import SessionOpener
 from checkout.warehouse import Warehouse, WarehouseClient
 
 # AWS calls fail fast and retry with botocore's standard mode; no call may outlive its Lambda.
@@ -31,27 +31,66 @@ CONFIRM_LEASE_SECONDS = 30
 SECRET_MAX_AGE_SECONDS = 300
 
 
-@dataclass
 class Runtime:
-    settings: Settings
-    clock: Callable[[], float] = time.time
-    dynamodb: Any = None
-    sqs: Any = None
-    sns: Any = None
-    payment_gateway: PaymentGateway | None = None
-    warehouse: Warehouse | None = None
-    alerts: AlertSink | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    """Each part is built on first use, so a cold start pays only for what its requests touch.
 
-    def __post_init__(self) -> None:
-        self.dynamodb = self.dynamodb or boto3.client("dynamodb", config=AWS_CONFIG)
-        self.sqs = self.sqs or boto3.client("sqs", config=AWS_CONFIG)
-        self.sns = self.sns or boto3.client("sns", config=AWS_CONFIG)
-        self.payment_gateway = self.payment_gateway or StripePaymentGateway(
-            str(self.settings.payment_api_base_url), self._payment_api_key
-        )
-        self.warehouse = self.warehouse or WarehouseClient(str(self.settings.warehouse_api_base_url))
-        self.alerts = self.alerts or SnsAlerts(self.settings.alerts_topic_arn, self.sns)
+    Parts passed in (tests, the local stack) are used instead of the defaults.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        dynamodb: Any = None,
+        sqs: Any = None,
+        sns: Any = None,
+        payment_gateway: PaymentGateway | None = None,
+        warehouse: Warehouse | None = None,
+        alerts: AlertSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        injected = {
+            "dynamodb": dynamodb,
+            "sqs": sqs,
+            "sns": sns,
+            "payment_gateway": payment_gateway,
+            "warehouse": warehouse,
+            "alerts": alerts,
+        }
+        # cached_property reads the instance dict first: an injected part is simply pre-cached.
+        self.__dict__.update({name: part for name, part in injected.items() if part is not None})
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return boto3.client("dynamodb", config=AWS_CONFIG)
+
+    @cached_property
+    def sqs(self) -> Any:
+        return boto3.client("sqs", config=AWS_CONFIG)
+
+    @cached_property
+    def sns(self) -> Any:
+        return boto3.client("sns", config=AWS_CONFIG)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        # One connection pool (and one TLS context) for both providers. No transport retries: a retry is
+        # the saga's decision, made after a read-back.
+        return httpx.Client(transport=httpx.HTTPTransport(retries=0))
+
+    @cached_property
+    def payment_gateway(self) -> PaymentGateway:
+        return StripePaymentGateway(str(self.settings.payment_api_base_url), self._payment_api_key, self.http)
+
+    @cached_property
+    def warehouse(self) -> Warehouse:
+        return WarehouseClient(str(self.settings.warehouse_api_base_url), self.http)
+
+    @cached_property
+    def alerts(self) -> AlertSink:
+        return SnsAlerts(self.settings.alerts_topic_arn, self.sns)
 
     def _payment_api_key(self) -> str:
         if self.settings.payment_api_key:
@@ -70,12 +109,10 @@ class Runtime:
 
     @cached_property
     def charges(self) -> Charges:
-        assert self.payment_gateway is not None
         return Charges(self.payment_gateway, payment_timeout=self.settings.payment_timeout_seconds)
 
     @cached_property
     def ledger(self) -> FailedCompensationLedger:
-        assert self.alerts is not None
         return FailedCompensationLedger(
             table_name=self.settings.failed_compensations_table_name,
             queue_url=self.settings.failed_compensations_queue_url,
@@ -88,13 +125,12 @@ class Runtime:
 
     @cached_property
     def compensator(self) -> Compensator:
-        assert self.warehouse is not None
         return Compensator(
             saga=self.saga,
             charges=self.charges,
             warehouse=self.warehouse,
             ledger=self.ledger,
-            warehouse_timeout=WAREHOUSE_TIMEOUT_SECONDS,
+            warehouse_timeout=self.settings.warehouse_timeout_seconds,
         )
 
     @cached_property
@@ -103,7 +139,7 @@ class Runtime:
             store=self.store,
             saga=self.saga,
             charges=self.charges,
-            compensator=self.compensator,
+            compensator=lambda: self.compensator,
             clock=self.clock,
             capture_backoff_base_seconds=self.settings.capture_backoff_base_seconds,
             stale_saga_seconds=self.settings.stale_saga_seconds,
@@ -112,11 +148,11 @@ class Runtime:
 
     @cached_property
     def sessions(self) -> SessionOpener:
-        assert self.warehouse is not None
         return SessionOpener(
             store=self.store,
             warehouse=self.warehouse,
             session_ttl_seconds=self.settings.session_ttl_seconds,
+            warehouse_timeout=self.settings.warehouse_timeout_seconds,
             clock=self.clock,
         )
 

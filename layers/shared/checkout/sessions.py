@@ -14,13 +14,18 @@ from checkout.orders import CheckoutSession, LineItem, OrderStore
 from checkout.saga import iso
 from checkout.warehouse import OutOfStock, Warehouse, WarehouseError, WarehouseUnavailable
 
-WAREHOUSE_TIMEOUT_SECONDS = 10.0
-
 
 class SessionOpener:
     def __init__(
-        self, *, store: OrderStore, warehouse: Warehouse, session_ttl_seconds: int, clock: Callable[[], float]
+        self,
+        *,
+        store: OrderStore,
+        warehouse: Warehouse,
+        session_ttl_seconds: int,
+        warehouse_timeout: float,
+        clock: Callable[[], float],
     ) -> None:
+        self._warehouse_timeout = warehouse_timeout
         self._store = store
         self._warehouse = warehouse
         self._ttl = session_ttl_seconds
@@ -35,7 +40,7 @@ class SessionOpener:
                 reference=session_id,
                 items=[{"sku": i.sku, "quantity": i.quantity} for i in items],
                 idempotency_key=f"{session_id}:reserve",
-                timeout=deadline.call_timeout(WAREHOUSE_TIMEOUT_SECONDS),
+                timeout=deadline.call_timeout(self._warehouse_timeout),
             )
         except OutOfStock as exc:
             raise OutOfStockError(f"not enough stock for {exc.sku}", sku=exc.sku) from exc
@@ -62,7 +67,9 @@ class SessionOpener:
         except (ClientError, BotoCoreError):
             # Nothing may stay half-written: give the stock back (warehouse holds also expire by themselves).
             try:
-                self._warehouse.release(reservation.id, idempotency_key=f"{session_id}:release", timeout=5.0)
+                self._warehouse.release(
+                    reservation.id, idempotency_key=f"{session_id}:release", timeout=self._warehouse_timeout
+                )
             except WarehouseError:
                 logger.exception("could not release the reservation of an unrecorded session")
             raise

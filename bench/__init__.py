@@ -1,0 +1,1 @@
+"""Benchmarks: request budgets, cold start and drain rate (`make bench`); never timed tests."""

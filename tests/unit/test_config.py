@@ -1,0 +1,54 @@
+"""Configuration is validated once at cold start, and a bad value fails loudly, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from checkout.config import ConfigurationError, Settings
+from checkout.deadline import Deadline, OutOfTime
+
+BASE = {
+    "ORDERS_TABLE_NAME": "orders",
+    "FAILED_COMPENSATIONS_TABLE_NAME": "failed",
+    "FAILED_COMPENSATIONS_QUEUE_URL": "https://sqs.example/queue",
+    "ALERTS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:alerts",
+    "WAREHOUSE_API_BASE_URL": "https://warehouse.example",
+    "PAYMENT_API_KEY": "sk_test",
+}
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = Settings.from_environ(BASE)
+
+    assert str(settings.payment_api_base_url) == "https://api.stripe.com/"
+    assert settings.payment_timeout_seconds == 15
+    assert settings.capture_max_retries == 5
+    assert (settings.capture_backoff_base_seconds, settings.capture_backoff_max_seconds) == (60, 1800)
+    assert settings.compensation_max_retries == 3
+    assert settings.stale_saga_seconds == 120
+    assert settings.session_ttl_seconds == 1800
+    assert settings.circuit_failure_threshold == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"ORDERS_TABLE_NAME": None}, "ORDERS_TABLE_NAME"),
+        ({"PAYMENT_TIMEOUT_SECONDS": "soon"}, "PAYMENT_TIMEOUT_SECONDS"),
+        ({"WAREHOUSE_API_BASE_URL": "not a url"}, "WAREHOUSE_API_BASE_URL"),
+        ({"PAYMENT_API_KEY": None}, "PAYMENT_API_KEY_SECRET_ARN"),
+        ({"CAPTURE_BACKOFF_MAX_SECONDS": "10"}, "CAPTURE_BACKOFF_MAX_SECONDS"),
+    ],
+)
+def test_a_missing_or_bad_value_names_the_variable(change: dict, named: str) -> None:
+    environ = {k: v for k, v in {**BASE, **change}.items() if v is not None}
+
+    with pytest.raises(ConfigurationError, match=named):
+        Settings.from_environ(environ)
+
+
+def test_a_call_timeout_never_outlives_the_invocation() -> None:
+    assert Deadline(lambda: 28.0).call_timeout(15) == 15
+    assert Deadline(lambda: 10.0).call_timeout(15) == pytest.approx(8.0)
+    with pytest.raises(OutOfTime):
+        Deadline(lambda: 2.2).call_timeout(15)
