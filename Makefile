@@ -71,13 +71,13 @@ openapi-check: $(VENV)/.synced
 unit: $(VENV)/.synced
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
-test: lint typecheck validate openapi-check unit
+test: lint typecheck validate openapi-check build unit
 
 bench: $(VENV)/.synced
 	$(RUN) python -m bench
 
-build: $(SAM)
-	$(SAM) build
+build: $(SAM) layers/shared/requirements.txt
+	$(SAM) build --template template.yaml
 
 clean:
 	rm -rf .aws-sam .venv .tools .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -11,12 +11,12 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Pat
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from checkout.api_models import ConfirmRequest, CreateSessionRequest
 from checkout.deadline import Deadline
 from checkout.errors import CheckoutError, PayloadTooLarge
 from checkout.observability import logger, metrics, tracer
 from checkout.orders import LineItem
 from checkout.runtime import runtime
-from functions.confirm_checkout.models import ConfirmRequest, CreateSessionRequest
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -1,4 +1,4 @@
-"""Request bodies of the checkout API, validated by the resolver (they also shape docs/openapi.json)."""
+"""Request bodies of the checkout HTTP API, validated by the resolver (they also shape docs/openapi.json)."""
 
 from __future__ import annotations
 
