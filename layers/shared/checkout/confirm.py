@@ -172,7 +172,11 @@ class CheckoutConfirmer:
         if order.saga_state is S.AUTHORIZING:
             self._saga.move(order, S.AUTH_UNKNOWN, reason=f"authorize outcome unknown: {result.error}"[:500])
         else:
-            self._release_claim(order, result)
+            # A resumed order stays AUTH_UNKNOWN; give its lease back so the next retry or recovery may try.
+            try:
+                self._saga.release(order)
+            except ConcurrentUpdate:
+                logger.warning("lease on an unknown authorization was taken over", extra={"error": result.error})
         metrics.add_metric(name="AuthorizeOutcomeUnknown", unit=MetricUnit.Count, value=1)
         if result.timed_out:
             raise PaymentTimeout(
@@ -181,10 +185,6 @@ class CheckoutConfirmer:
         raise PaymentOutcomeUnknownError(
             "the payment outcome is not known yet; retry to resume this order", order_id=order.order_id
         )
-
-    def _release_claim(self, order: Order, result: StepResult) -> None:
-        # A resumed AUTH_UNKNOWN order keeps its state; the lease simply runs out. Nothing to write.
-        logger.info("resumed authorize still unknown", extra={"error": result.error})
 
     def _record_authorization(self, order: Order, result: StepResult, deadline: Deadline) -> ConfirmResult:
         assert result.intent is not None

@@ -247,6 +247,26 @@ class OrderStore:
             },
         )
 
+    def write_release(self, before: Order, after: Order, work: WorkItem | None) -> None:
+        names = {"#state": "saga_state", "#version": "version"}
+        values: dict[str, Any] = {
+            ":version": {"N": str(after.version)},
+            ":expected_state": {"S": before.saga_state.value},
+            ":expected_version": {"N": str(before.version)},
+        }
+        update = "SET #version = :version"
+        if work is not None:
+            update += ", work_queue = :queue, due_at = :due"
+            values[":queue"] = {"S": work.queue.value}
+            values[":due"] = {"N": str(work.due_at)}
+        self._conditional_update(
+            after.order_id,
+            f"{update} REMOVE lease_owner, lease_until",
+            "#state = :expected_state AND #version = :expected_version",
+            names,
+            values,
+        )
+
     def _conditional_update(
         self, order_id: str, update: str, condition: str, names: dict[str, str], values: dict[str, Any]
     ) -> None:

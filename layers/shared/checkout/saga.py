@@ -117,6 +117,8 @@ class TransitionWriter(Protocol):
 
     def write_claim(self, before: Order, after: Order, now: int) -> None: ...
 
+    def write_release(self, before: Order, after: Order, work: WorkItem | None) -> None: ...
+
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -194,4 +196,10 @@ class Saga:
             update={"version": order.version + 1, "lease_owner": owner, "lease_until": now + lease_seconds}
         )
         self._store.write_claim(order, after, now)
+        return after
+
+    def release(self, order: Order) -> Order:
+        """Give a lease back without moving the order: its step's outcome is still unknown, let others try."""
+        after = order.model_copy(update={"version": order.version + 1, "lease_owner": None, "lease_until": None})
+        self._store.write_release(order, after, self.work_for(after, int(self._clock())))
         return after
