@@ -111,6 +111,9 @@ def _body_size(event: dict[str, Any]) -> int:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm),
+    # naming the variable, instead of turning into a 500 answer.
+    runtime()
     if _body_size(event) > MAX_BODY_BYTES:
         error = PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
         return {

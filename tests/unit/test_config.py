@@ -52,3 +52,18 @@ def test_a_call_timeout_never_outlives_the_invocation() -> None:
     assert Deadline(lambda: 10.0).call_timeout(15) == pytest.approx(8.0)
     with pytest.raises(OutOfTime):
         Deadline(lambda: 2.2).call_timeout(15)
+
+
+def test_the_handler_fails_loudly_on_bad_configuration(monkeypatch) -> None:
+    from checkout.runtime import use_runtime
+    from functions.confirm_checkout.app import lambda_handler
+    from tests.apigw import http_event
+    from tests.conftest import LambdaContext
+
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PAYMENT_TIMEOUT_SECONDS", "-1")
+    use_runtime(None)
+
+    with pytest.raises(ConfigurationError, match="PAYMENT_TIMEOUT_SECONDS"):
+        lambda_handler(http_event("GET", "/orders/ord_1", headers={"X-Customer-ID": "c"}), LambdaContext())
