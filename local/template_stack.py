@@ -1,5 +1,5 @@
-"""Creates template.yaml's tables, queues, topics and secrets on an AWS endpoint (moto), and resolves the
-environment the template gives each function, so nothing the template defines is defined a second time."""
+"""Creates template.yaml's tables, queues, topics, secrets and SSM parameters on an AWS endpoint (moto), and
+resolves the environment the template gives each function, so nothing the template defines is defined twice."""
 
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ class TemplateStack:
     def deploy(self) -> TemplateStack:
         for name, res in self.of_type("AWS::SecretsManager::Secret").items():
             self._secret(name, res.get("Properties", {}))
+        for name, res in self.of_type("AWS::SSM::Parameter").items():
+            self._parameter(name, res.get("Properties", {}))
         for name in self.of_type("AWS::SNS::Topic"):
             arn = self._client("sns").create_topic(Name=f"{self.stack_name}-{name}")["TopicArn"]
             self.physical[name] = {"Ref": arn, "TopicArn": arn, "TopicName": arn.rsplit(":", 1)[1]}
@@ -93,6 +95,13 @@ class TemplateStack:
             Name=f"{self.stack_name}-{name}", SecretString=str(props.get("SecretString", "sk_test_local"))
         )["ARN"]
         self.physical[name] = {"Ref": arn, "Id": arn}
+
+    def _parameter(self, name: str, props: dict[str, Any]) -> None:
+        parameter_name = str(self.resolve(props["Name"])) if "Name" in props else f"{self.stack_name}-{name}"
+        kind = str(self.resolve(props.get("Type", "String")))
+        value = str(self.resolve(props["Value"]))
+        self._client("ssm").put_parameter(Name=parameter_name, Type=kind, Value=value, Overwrite=True)
+        self.physical[name] = {"Ref": parameter_name, "Type": kind, "Value": value}
 
     def _queue(self, name: str, props: dict[str, Any]) -> None:
         attributes: dict[str, str] = {}

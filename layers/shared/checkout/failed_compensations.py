@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from checkout.alerts import Alert, AlertKind, AlertSink
-from checkout.dynamodb import from_item, to_item
-from checkout.observability import logger
+from checkout.dynamodb import from_item, is_condition_failure, serialize, to_item
+from checkout.observability import MetricUnit, logger, metrics
 from checkout.saga import iso
+
+STATUS_INDEX = "status-index"
+ORDER_INDEX = "order-index"
 
 
 class OperationType(StrEnum):
@@ -47,10 +50,35 @@ class FailedCompensation(BaseModel):
     created_at: str
     updated_at: str
     resolved_at: str | None = None
+    # Who closed the record: the dlq_processor, or the operator (IAM ARN) who resolved it by hand.
+    resolved_by: str | None = None
+    last_attempt_at: str | None = None
+    # Payment key attempts learnt by retries: an order in COMPENSATION_FAILED cannot be written until it is
+    # COMPENSATED, so the record carries them, or a retry would replay a stored 5xx under an old key forever.
+    key_attempts: dict[str, int] = {}
     actions: list[dict[str, str]] = []
+    # A processor's lease on the record while it retries: two deliveries never work one record at once.
+    lease_owner: str | None = None
+    lease_until: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is not RecordStatus.RESOLVED
 
     def public_view(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"lease_owner", "lease_until"})
+
+    def index_key(self) -> dict[str, str]:
+        """The record's position in the status-index: where a page that ends on it continues."""
+        return {"id": self.id, "status": self.status.value, "created_at": self.created_at}
+
+
+def action_entry(action: Literal["retry", "resolve"], *, by: str, at: str, note: str | None = None) -> dict[str, str]:
+    """One entry of a record's audit trail of operator actions."""
+    entry = {"action": action, "by": by, "at": at}
+    if note:
+        entry["note"] = note
+    return entry
 
 
 def compensation_id(order_id: str, operation: OperationType) -> str:
@@ -105,11 +133,13 @@ class FailedCompensationLedger:
         )
         stored: FailedCompensation | None
         try:
-            stored = self._create_or_get(record)
+            stored, created = self._create_or_get(record)
         except (ClientError, BotoCoreError) as exc:
             logger.exception("could not write the failed-compensation record", extra={"order_id": order_id})
             self._alert(record, dlq_recorded=False, error=f"{error}; record not written: {exc}")
             return None
+        if created:
+            metrics.add_metric(name="CompensationFailed", unit=MetricUnit.Count, value=1)
         if stored.status is RecordStatus.RESOLVED:
             return stored
         self._enqueue(stored)
@@ -125,25 +155,199 @@ class FailedCompensationLedger:
         )
         return FailedCompensation.model_validate(from_item(item)) if item else None
 
-    def _create_or_get(self, record: FailedCompensation) -> FailedCompensation:
+    # listing ----------------------------------------------------------------------------------
+    def list_by_status(
+        self, status: RecordStatus, *, limit: int, after: dict[str, str] | None = None
+    ) -> tuple[list[FailedCompensation], bool]:
+        """Up to `limit` records in `status`, oldest first, after the index key `after`; and whether more follow.
+
+        A Query on the status-index, never a Scan. One record more than asked is read so that "more follow"
+        is exact and a client is never handed a cursor to an empty page.
+        """
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :status",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}},
+            "ScanIndexForward": True,
+        }
+        if after is not None:
+            kwargs["ExclusiveStartKey"] = {name: {"S": value} for name, value in after.items()}
+        found: list[FailedCompensation] = []
+        while True:
+            kwargs["Limit"] = limit + 1 - len(found)
+            page = self._dynamodb.query(**kwargs)
+            found += [FailedCompensation.model_validate(from_item(item)) for item in page.get("Items", [])]
+            if len(found) > limit:
+                return found[:limit], True
+            if "LastEvaluatedKey" not in page:
+                return found, False
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def for_order(self, order_id: str) -> list[FailedCompensation]:
+        """Every record of one order, by a Query on the order-index."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": ORDER_INDEX,
+            "KeyConditionExpression": "order_id = :order",
+            "ExpressionAttributeValues": {":order": {"S": order_id}},
+        }
+        found: list[FailedCompensation] = []
+        while True:
+            page = self._dynamodb.query(**kwargs)
+            found += [FailedCompensation.model_validate(from_item(item)) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return sorted(found, key=lambda record: record.created_at)
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # status changes: each one conditional, so a resolved record never reopens ----------------
+    def claim(self, record: FailedCompensation, *, owner: str, lease_seconds: int) -> FailedCompensation | None:
+        """Lease an open record for one retry; None when it is resolved or another processor holds it."""
+        now = int(self._clock())
+        return self._update(
+            record.id,
+            "SET lease_owner = :owner, lease_until = :until",
+            "attribute_exists(id) AND #status <> :resolved "
+            "AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            {
+                ":owner": {"S": owner},
+                ":until": {"N": str(now + lease_seconds)},
+                ":now": {"N": str(now)},
+            },
+        )
+
+    def record_attempt_failure(
+        self, record: FailedCompensation, *, error: str, key_attempts: dict[str, int]
+    ) -> FailedCompensation | None:
+        """Count one failed retry: `retrying`, or `failed` once retry_count reaches max_retries.
+
+        Conditional on the retry_count read, so two writers never count one attempt twice; None when the
+        record was resolved or counted meanwhile (the caller re-reads).
+        """
+        count = record.retry_count + 1
+        # A record once `failed` stays `failed` while redriven tries fail: its one alert has gone out.
+        used_up = count >= record.max_retries or record.status is RecordStatus.FAILED
+        status = RecordStatus.FAILED if used_up else RecordStatus.RETRYING
+        now = iso(self._clock())
+        return self._update(
+            record.id,
+            "SET retry_count = :count, #status = :status, error_message = :error, key_attempts = :keys, "
+            "updated_at = :now, last_attempt_at = :now REMOVE lease_owner, lease_until",
+            "attribute_exists(id) AND #status <> :resolved AND retry_count = :expected",
+            {
+                ":count": {"N": str(count)},
+                ":expected": {"N": str(record.retry_count)},
+                ":status": {"S": status.value},
+                ":error": {"S": error[:2000] or "unknown error"},
+                ":keys": serialize(key_attempts),
+                ":now": {"S": now},
+            },
+        )
+
+    def resolve(
+        self,
+        record_id: str,
+        *,
+        by: str,
+        action: dict[str, str] | None = None,
+        key_attempts: dict[str, int] | None = None,
+    ) -> FailedCompensation | None:
+        """Close an open record (resolved_at, resolved_by); None when it was already resolved."""
+        now = iso(self._clock())
+        sets = ["#status = :resolved", "resolved_at = :now", "updated_at = :now", "resolved_by = :by"]
+        values: dict[str, Any] = {":now": {"S": now}, ":by": {"S": by}}
+        if action is not None:
+            sets.append("actions = list_append(if_not_exists(actions, :none), :action)")
+            values[":none"] = {"L": []}
+            values[":action"] = serialize([action])
+        if key_attempts is not None:
+            sets.append("key_attempts = :keys")
+            values[":keys"] = serialize(key_attempts)
+        return self._update(
+            record_id,
+            f"SET {', '.join(sets)} REMOVE lease_owner, lease_until",
+            "attribute_exists(id) AND #status <> :resolved",
+            values,
+        )
+
+    def requeue(self, record_id: str, *, action: dict[str, str]) -> FailedCompensation | None:
+        """An operator's retry: queue a fresh message, then mark the record `pending`; None if it is resolved.
+
+        The message goes first: if SQS refuses, the record is unchanged and the caller can say so. A message
+        for a record resolved meanwhile is harmless (the processor skips resolved records).
+        """
+        self.send_message(record_id)
+        return self._update(
+            record_id,
+            "SET #status = :pending, updated_at = :now, actions = list_append(if_not_exists(actions, :none), :action)",
+            "attribute_exists(id) AND #status <> :resolved",
+            {
+                ":pending": {"S": RecordStatus.PENDING.value},
+                ":now": {"S": iso(self._clock())},
+                ":none": {"L": []},
+                ":action": serialize([action]),
+            },
+        )
+
+    def alert_exhausted(self, record: FailedCompensation) -> bool:
+        """The one `compensation_exhausted` alert of a record; False when already sent (or SNS refused)."""
+        if record.exhausted_alert_sent or not self._mark(record.id, "exhausted_alert_sent"):
+            return False
+        error = f"retries exhausted after {record.retry_count} of {record.max_retries}: {record.error_message}"
+        if self._alert(record, dlq_recorded=True, error=error, kind=AlertKind.COMPENSATION_EXHAUSTED):
+            return True
+        # Not sent: clear the flag so the next failed delivery of this record tries the alert again.
+        self._unmark(record.id, "exhausted_alert_sent")
+        return False
+
+    def _update(self, record_id: str, update: str, condition: str, values: dict[str, Any]) -> FailedCompensation | None:
+        names = {"#status": "status"} if "#status" in update or "#status" in condition else {}
+        if ":resolved" in condition or ":resolved" in update:
+            values = {**values, ":resolved": {"S": RecordStatus.RESOLVED.value}}
+        try:
+            answer = self._dynamodb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": record_id}},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                **({"ExpressionAttributeNames": names} if names else {}),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                return None
+            raise
+        return FailedCompensation.model_validate(from_item(answer["Attributes"]))
+
+    def _create_or_get(self, record: FailedCompensation) -> tuple[FailedCompensation, bool]:
         try:
             self._dynamodb.put_item(
                 TableName=self._table,
                 Item=to_item(record),
                 ConditionExpression="attribute_not_exists(id)",
             )
-            return record
+            return record, True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
         existing = self.get(record.id)
         if existing is None:  # pragma: no cover - written and gone: records are never deleted
             raise RuntimeError(f"failed-compensation record {record.id} vanished")
-        return existing
+        return existing, False
+
+    def send_message(self, record_id: str, *, delay_seconds: int = 0) -> None:
+        """Queue `{"compensation_id": id}` for the dlq_processor; raises when SQS refuses."""
+        self._sqs.send_message(
+            QueueUrl=self._queue_url,
+            MessageBody=json.dumps({"compensation_id": record_id}),
+            DelaySeconds=delay_seconds,
+        )
 
     def _enqueue(self, record: FailedCompensation) -> None:
         try:
-            self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps({"compensation_id": record.id}))
+            self.send_message(record.id)
         except (ClientError, BotoCoreError):
             # The record is the truth; an operator's retry re-queues it, and the alert names it.
             logger.exception("could not queue the failed compensation", extra={"compensation_id": record.id})
@@ -155,7 +359,8 @@ class FailedCompensationLedger:
                 TableName=self._table,
                 Key={"id": {"S": record_id}},
                 UpdateExpression="SET #flag = :true",
-                ConditionExpression="attribute_exists(id) AND #flag <> :true",
+                # A record written before the flag existed has no attribute, and `<>` on a missing one is false.
+                ConditionExpression="attribute_exists(id) AND (attribute_not_exists(#flag) OR #flag <> :true)",
                 ExpressionAttributeNames={"#flag": flag},
                 ExpressionAttributeValues={":true": {"BOOL": True}},
             )

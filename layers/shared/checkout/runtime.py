@@ -15,9 +15,11 @@ from botocore.config import Config
 from checkout.alerts import AlertSink, SnsAlerts
 from checkout.charges import Charges
 from checkout.compensation import Compensator
+from checkout.compensation_retries import CompensationRetrier
 from checkout.config import Settings, settings
 from checkout.confirm import CheckoutConfirmer
 from checkout.failed_compensations import FailedCompensationLedger
+from checkout.operator_actions import OperatorActions
 from checkout.orders import OrderStore
 from checkout.payments import PaymentGateway, StripePaymentGateway
 from checkout.saga import Saga
@@ -28,6 +30,9 @@ from checkout.warehouse import Warehouse, WarehouseClient
 AWS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
 # A confirm's lease on an order it resumes: no longer than the confirm function's Timeout.
 CONFIRM_LEASE_SECONDS = 30
+# The dlq_processor's lease on a record it retries: its function's Timeout (template.yaml), below the
+# queue's VisibilityTimeout, so a redelivery never finds a live lease of a crashed run.
+COMPENSATION_RETRY_LEASE_SECONDS = 30
 SECRET_MAX_AGE_SECONDS = 300
 
 
@@ -155,6 +160,23 @@ class Runtime:
             warehouse_timeout=self.settings.warehouse_timeout_seconds,
             clock=self.clock,
         )
+
+    @cached_property
+    def compensation_retries(self) -> CompensationRetrier:
+        return CompensationRetrier(
+            ledger=self.ledger,
+            store=self.store,
+            saga=self.saga,
+            compensator=self.compensator,
+            clock=self.clock,
+            payment_timeout=self.settings.payment_timeout_seconds,
+            stale_saga_seconds=self.settings.stale_saga_seconds,
+            lease_seconds=COMPENSATION_RETRY_LEASE_SECONDS,
+        )
+
+    @cached_property
+    def operator_actions(self) -> OperatorActions:
+        return OperatorActions(ledger=self.ledger, store=self.store, saga=self.saga, clock=self.clock)
 
 
 _current: Runtime | None = None

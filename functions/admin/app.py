@@ -1,0 +1,100 @@
+"""admin: failed compensations (list, show, retry, resolve by hand) and orders, for operators (IAM auth)."""
+
+import json
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from checkout.errors import CheckoutError
+from checkout.failed_compensations import RecordStatus
+from checkout.observability import logger, metrics, tracer
+from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from checkout.runtime import runtime
+from functions.admin.models import ResolveRequest
+
+# Who acts when no IAM identity reached the function: only the local stack calls it without one.
+LOCAL_OPERATOR = "local"
+
+app = APIGatewayHttpResolver(enable_validation=True)
+
+
+def _json(status: int, body: dict[str, Any]) -> Response[str]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+
+
+def _operator() -> str:
+    """The IAM caller API Gateway authenticated (SigV4), recorded on every action."""
+    return app.current_event.request_context.authorizer.iam.user_arn or LOCAL_OPERATOR
+
+
+@app.get("/admin/compensations", summary="List failed compensations, by status or all (failed first)")
+@tracer.capture_method
+def list_compensations(
+    status: Annotated[RecordStatus | None, Query(description="only records in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=2048, description="next_cursor of a page")] = None,
+) -> Response[str]:
+    page = runtime().operator_actions.list_records(status=status, limit=limit, cursor=cursor)
+    return _json(HTTPStatus.OK, page.body())
+
+
+@app.get("/admin/compensations/<compensation_id>", summary="One failed-compensation record")
+@tracer.capture_method
+def get_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+    return _json(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
+
+
+@app.post("/admin/compensations/<compensation_id>/retry", summary="Queue a failed compensation for another try")
+@tracer.capture_method
+def retry_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+    record = runtime().operator_actions.retry(compensation_id, by=_operator())
+    return _json(HTTPStatus.ACCEPTED, record.public_view())
+
+
+@app.post("/admin/compensations/<compensation_id>/resolve", summary="Resolve by hand; the order becomes COMPENSATED")
+@tracer.capture_method
+def resolve_compensation(
+    compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
+    body: Annotated[ResolveRequest, Body()],
+) -> Response[str]:
+    record = runtime().operator_actions.resolve(compensation_id, by=_operator(), note=body.note)
+    return _json(HTTPStatus.OK, record.public_view())
+
+
+@app.get("/admin/orders/<order_id>", summary="An order with its history and failed-compensation records")
+@tracer.capture_method
+def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
+    return _json(HTTPStatus.OK, runtime().operator_actions.order(order_id))
+
+
+@app.exception_handler(CheckoutError)
+def _checkout_error(exc: CheckoutError) -> Response[str]:
+    logger.info("request refused", extra={"error": exc.code, "detail": exc.message})
+    return _json(exc.status, exc.body())
+
+
+@app.exception_handler(RequestValidationError)
+def _validation_error(exc: RequestValidationError) -> Response[str]:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+        problems.append(f"{where}: {err.get('msg') or err.get('type')}")
+    return _json(422, {"error": "validation_error", "message": "; ".join(problems) or "invalid request"})
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[str]:
+    logger.exception("unhandled error")
+    return _json(500, {"error": "internal_error", "message": "something went wrong; the request can be retried"})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

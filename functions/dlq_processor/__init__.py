@@ -1,0 +1,1 @@
+"""dlq_processor: retries failed compensations from the FailedCompensations queue."""
