@@ -76,6 +76,15 @@ test: lint typecheck validate openapi-check build unit
 bench: $(VENV)/.synced
 	$(RUN) python -m bench
 
+# `make run ARGS="--port 3001 --schedule-period 5"`; `python -m local.stack --help` lists every option.
+ARGS ?=
+run: $(VENV)/.synced
+	@$(RUN) python -m local.stack $(ARGS)
+
+# Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
+demo: $(VENV)/.synced
+	@$(RUN) python -m local.demo $(ARGS)
+
 build: $(SAM) layers/shared/requirements.txt
 	$(SAM) build --template template.yaml
 
