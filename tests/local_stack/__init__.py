@@ -1,0 +1,1 @@
+"""The local stack's parts: front, scheduler, SQS event sources, function discovery."""
