@@ -84,6 +84,11 @@ class _MotoServer(ThreadedMotoServer):
             self.error = exc
             self._server_ready_event.set()
 
+    def stop(self) -> None:
+        super().stop()
+        if self._server is not None:
+            self._server.server_close()  # moto only shuts the loop down; free the port too
+
 
 class LocalStack:
     """Everything `make run` starts, in one process; also what `make demo` starts when no stack answers."""
@@ -405,7 +410,11 @@ class LocalStack:
         overrides = " ".join(f"{k}={v}" for k, v in self.parameters.items() if not k.endswith("ApiBaseUrl"))
         lines.append(f"  parameters{' (--fast)' if self.options.fast else ''}: {overrides}")
         for queue, (before, after) in self.visibility.items():
-            lines.append(f"  visibility timeout: {queue} {before} s in the template, {after} s locally")
+            props = self.stack.resources[queue].get("Properties", {})
+            source = "in the template" if "VisibilityTimeout" in props else "by SQS default"
+            lines.append(
+                f"  visibility timeout: {queue} {before} s {source}, {after} s locally (--visibility-timeout-override)"
+            )
         for conflict in self.env_conflicts:
             lines.append(f"  WARNING: environment differs between functions; the process keeps the first: {conflict}")
         if any(route.iam for route in self.front.routes):
