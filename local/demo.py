@@ -19,7 +19,6 @@ from typing import Any, TextIO
 import boto3
 import httpx
 from boto3.dynamodb.types import TypeDeserializer
-from botocore.exceptions import ClientError
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 FINAL_STATES = {"CAPTURED", "COMPENSATED", "DECLINED", "AUTH_FAILED"}
@@ -257,14 +256,9 @@ class LocalApi:
         return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
     def redrive(self, source: str, target: str) -> int:
-        """Moves the DLQ's messages back to its source queue: start_message_move_task as an operator's
-        `aws sqs start-message-move-task` does, or receive-and-send where the endpoint lacks it (moto)."""
+        """Moves the DLQ's messages back to its source queue by receive-and-send: what `aws sqs
+        start-message-move-task` does on AWS, which moto does not implement."""
         dlq, queue = self.info.resources[source], self.info.resources[target]
-        try:
-            self._sqs.start_message_move_task(SourceArn=dlq["Arn"], DestinationArn=queue["Arn"])
-            return -1
-        except (ClientError, AttributeError, NotImplementedError):
-            pass
         moved = 0
         while True:
             messages = self._sqs.receive_message(
@@ -509,7 +503,7 @@ def capture_exhausted(s: Scenario) -> None:
     s.expect(s.order(order_id)["status"] == "cancelled", "the order is cancelled", s.order(order_id))
 
 
-def _into_failed_compensation(s: Scenario) -> tuple[str, dict[str, Any]]:
+def _into_failed_compensation(s: Scenario, *, dlq_before: int) -> tuple[str, dict[str, Any]]:
     """An order whose capture retries run out and whose void then fails: a failed-compensation record."""
     s.api.require("capture_retry", "the capture retry worker")
     s.api.require("compensation", "the compensation worker")
@@ -528,10 +522,17 @@ def _into_failed_compensation(s: Scenario) -> tuple[str, dict[str, Any]]:
         lambda: s.alerts_for(order_id, "compensation_failed"), "a compensation_failed alert arrives", timeout=10
     )
     s.note(f"alert: {alerts[0].get('subject')}")
+    s.wait(
+        lambda: (
+            s.api.queue_depth("FailedCompensationsQueue") + s.api.queue_depth("FailedCompensationsDLQ") > dlq_before
+        ),
+        "a queue message carries it (waiting, in flight or in the DLQ)",
+        timeout=10,
+    )
     return order_id, record
 
 
-def _until_exhausted(s: Scenario, order_id: str, record: dict[str, Any]) -> dict[str, Any]:
+def _until_exhausted(s: Scenario, order_id: str, record: dict[str, Any], *, dlq_before: int) -> dict[str, Any]:
     """The dlq_processor retries on each delivery (void still failing) until the record is `failed` and the
     queue's redrive policy has moved the message to the DLQ."""
     s.api.require("dlq_processor", "the failed-compensations queue consumer")
@@ -541,7 +542,9 @@ def _until_exhausted(s: Scenario, order_id: str, record: dict[str, Any]) -> dict
         f"dlq_processor retries {s.compensation_retries} times, then the record is failed",
         timeout=timeout,
     )
-    s.wait(lambda: s.api.queue_depth("FailedCompensationsDLQ") > 0, "the message is in the DLQ", timeout=timeout)
+    s.wait(
+        lambda: s.api.queue_depth("FailedCompensationsDLQ") > dlq_before, "the message is in the DLQ", timeout=timeout
+    )
     s.note(f"record {record['id']}: failed after {failed.get('retry_count')} retries; message in the DLQ")
     s.wait(
         lambda: s.alerts_for(order_id, "compensation_exhausted"), "a compensation_exhausted alert arrives", timeout=10
@@ -550,9 +553,9 @@ def _until_exhausted(s: Scenario, order_id: str, record: dict[str, Any]) -> dict
 
 
 def void_fails_into_dlq(s: Scenario) -> None:
-    order_id, record = _into_failed_compensation(s)
-    s.api.require("dlq_processor", "the failed-compensations queue consumer")
-    _until_exhausted(s, order_id, record)
+    dlq_before = s.api.queue_depth("FailedCompensationsDLQ")
+    order_id, record = _into_failed_compensation(s, dlq_before=dlq_before)
+    _until_exhausted(s, order_id, record, dlq_before=dlq_before)
     s.api.require("admin", "the admin API")
     listed = s.admin("GET", "/admin/compensations", params={"status": "failed"})
     ids = [item["id"] for item in listed.body.get("items", [])] if isinstance(listed.body, dict) else []
@@ -569,13 +572,14 @@ def void_fails_into_dlq(s: Scenario) -> None:
 
 
 def redrive_dlq(s: Scenario) -> None:
-    order_id, record = _into_failed_compensation(s)
-    _until_exhausted(s, order_id, record)
+    dlq_before = s.api.queue_depth("FailedCompensationsDLQ")
+    order_id, record = _into_failed_compensation(s, dlq_before=dlq_before)
+    _until_exhausted(s, order_id, record, dlq_before=dlq_before)
     s.api.clear_faults()
     s.note("payment provider: healthy again")
     depth = s.api.queue_depth("FailedCompensationsDLQ")
     moved = s.api.redrive("FailedCompensationsDLQ", "FailedCompensationsQueue")
-    s.note(f"operator redrives the DLQ ({depth} message(s); {'move task started' if moved < 0 else f'{moved} moved'})")
+    s.note(f"operator redrives the DLQ ({depth} message(s); {moved} moved back to the queue)")
     s.wait(lambda: s.state(order_id) == "COMPENSATED", "the redriven message completes the compensation", timeout=30)
     s.wait(
         lambda: (r := s.record_of(order_id)) is not None and r["status"] == "resolved",
