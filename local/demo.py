@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import boto3
@@ -255,20 +257,30 @@ class LocalApi:
         )["Attributes"]
         return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
-    def redrive(self, source: str, target: str) -> int:
-        """Moves the DLQ's messages back to its source queue by receive-and-send: what `aws sqs
-        start-message-move-task` does on AWS, which moto does not implement."""
-        dlq, queue = self.info.resources[source], self.info.resources[target]
+    def redrive(self) -> tuple[str, int]:
+        """Moves the DLQ's messages back to the failed-compensations queue as an operator does: with the
+        project's `checkout-admin redrive-dlq` when it is installed, else by receive-and-send (what
+        `aws sqs start-message-move-task` does on AWS; moto does not implement it)."""
+        dlq = self.info.resources["FailedCompensationsDLQ"]["QueueUrl"]
+        queue = self.info.resources["FailedCompensationsQueue"]["QueueUrl"]
+        tool = Path(sys.executable).parent / "checkout-admin"
+        if tool.exists():
+            command = [str(tool), "--endpoint-url", self.info.moto, "--region", self.info.region]
+            command += ["--queue-url", queue, "--dlq-url", dlq, "redrive-dlq"]
+            env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+            if done.returncode != 0:
+                raise Failed(f"checkout-admin redrive-dlq exited {done.returncode}: {done.stderr.strip()[-500:]}")
+            answer = json.loads(done.stdout)
+            return "checkout-admin redrive-dlq", int(answer.get("moved", -1))
         moved = 0
         while True:
-            messages = self._sqs.receive_message(
-                QueueUrl=dlq["QueueUrl"], MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-            ).get("Messages", [])
+            messages = self._sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10).get("Messages", [])
             if not messages:
-                return moved
+                return "receive-and-send (checkout-admin is not installed)", moved
             for message in messages:
-                self._sqs.send_message(QueueUrl=queue["QueueUrl"], MessageBody=message["Body"])
-                self._sqs.delete_message(QueueUrl=dlq["QueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+                self._sqs.send_message(QueueUrl=queue, MessageBody=message["Body"])
+                self._sqs.delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
                 moved += 1
 
 
@@ -578,8 +590,8 @@ def redrive_dlq(s: Scenario) -> None:
     s.api.clear_faults()
     s.note("payment provider: healthy again")
     depth = s.api.queue_depth("FailedCompensationsDLQ")
-    moved = s.api.redrive("FailedCompensationsDLQ", "FailedCompensationsQueue")
-    s.note(f"operator redrives the DLQ ({depth} message(s); {moved} moved back to the queue)")
+    how, moved = s.api.redrive()
+    s.note(f"operator redrives the DLQ ({depth} message(s)) with {how}: {moved} moved back to the queue")
     s.wait(lambda: s.state(order_id) == "COMPENSATED", "the redriven message completes the compensation", timeout=30)
     s.wait(
         lambda: (r := s.record_of(order_id)) is not None and r["status"] == "resolved",

@@ -160,8 +160,9 @@ class LocalStack:
         self.poller = SqsPoller(sqs_triggers(self.stack, self.functions), self.log, sqs=sqs).start()
 
     def _start_moto(self) -> None:
-        # Werkzeug would log every AWS call; the invocation log is what a developer reads.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # Werkzeug would log every AWS call, and a traceback for each call moto does not implement (an
+        # operator tool probing start_message_move_task); the invocation log is what a developer reads.
+        logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
         self.moto = _MotoServer(ip_address=HOST, port=self.options.moto_port, verbose=False)
         self.moto.start()
         if self.moto.error is not None:
