@@ -16,12 +16,14 @@ from local.template_stack import TemplateStack, load_template
 
 
 def template_with_workers() -> dict[str, Any]:
-    """The real template plus two scheduled functions, one switched off by a parameter."""
+    """The real template plus three scheduled functions, two switched off by a parameter (Enabled, State)."""
     template = copy.deepcopy(load_template())
     template["Parameters"]["SweeperScheduleEnabled"] = {"Type": "String", "Default": "false"}
-    for name, rate, enabled in (
-        ("TickerFunction", "rate(5 minutes)", True),
-        ("SweeperFunction", "rate(10 minutes)", {"Ref": "SweeperScheduleEnabled"}),
+    template["Parameters"]["JanitorSchedule"] = {"Type": "String", "Default": "DISABLED"}
+    for name, rate, switch in (
+        ("TickerFunction", "rate(5 minutes)", {"Enabled": True}),
+        ("SweeperFunction", "rate(10 minutes)", {"Enabled": {"Ref": "SweeperScheduleEnabled"}}),
+        ("JanitorFunction", "rate(1 hour)", {"State": {"Ref": "JanitorSchedule"}}),
     ):
         template["Resources"][name] = {
             "Type": "AWS::Serverless::Function",
@@ -29,7 +31,7 @@ def template_with_workers() -> dict[str, Any]:
                 "CodeUri": f"functions/{name.lower()}/",
                 "Handler": "app.lambda_handler",
                 "Timeout": 60,
-                "Events": {"Every": {"Type": "Schedule", "Properties": {"Schedule": rate, "Enabled": enabled}}},
+                "Events": {"Every": {"Type": "Schedule", "Properties": {"Schedule": rate, **switch}}},
             },
         }
     return template
@@ -47,10 +49,13 @@ def test_schedules_come_from_the_template_with_their_enabled_switch(stack: Templ
     assert triggers["TickerFunction"].expression == "rate(5 minutes)"
     assert triggers["TickerFunction"].enabled
     assert not triggers["SweeperFunction"].enabled
+    assert not triggers["JanitorFunction"].enabled
     assert triggers["TickerFunction"].function.module == "functions.tickerfunction.app"
     assert triggers["TickerFunction"].function.timeout_seconds == 60
 
-    switched_on = TemplateStack(template_with_workers(), parameters={"SweeperScheduleEnabled": "true"})
+    switched_on = TemplateStack(
+        template_with_workers(), parameters={"SweeperScheduleEnabled": "true", "JanitorSchedule": "ENABLED"}
+    )
     assert all(t.enabled for t in scheduled_triggers(switched_on, discover_functions(switched_on)))
 
 
@@ -59,7 +64,7 @@ def test_enabled_schedules_fire_every_period_with_a_scheduled_event_on_the_local
     clock = LocalClock()
     clock.advance(86400)
     functions = discover_functions(stack)
-    events: dict[str, list[dict[str, Any]]] = {"TickerFunction": [], "SweeperFunction": []}
+    events: dict[str, list[dict[str, Any]]] = {"TickerFunction": [], "SweeperFunction": [], "JanitorFunction": []}
     two_runs = threading.Event()
     for name, seen in events.items():
 
@@ -79,7 +84,7 @@ def test_enabled_schedules_fire_every_period_with_a_scheduled_event_on_the_local
         scheduler.stop()
 
     # Then only the enabled schedule fired, with EventBridge's Scheduled Event dated by the local clock
-    assert events["SweeperFunction"] == []
+    assert events["SweeperFunction"] == events["JanitorFunction"] == []
     event = events["TickerFunction"][0]
     assert event["detail-type"] == "Scheduled Event"
     assert event["source"] == "aws.events"
