@@ -406,8 +406,11 @@ class LocalStack:
             for index, trigger in enumerate(self._triggers_of(function) or [{"type": "(none)"}]):
                 name = function.logical_id if index == 0 else ""
                 lines.append(f"  {name:<28} {_trigger_text(trigger, self.options.schedule_period)}")
-        resources = ", ".join(f"{k}={v['Ref'].rsplit('/', 1)[-1]}" for k, v in self.stack.physical.items())
-        lines += ["", f"  resources: {resources}"]
+        lines += ["", f"  {'resource (on moto)':<28} {'type':<28} name"]
+        for name, ids in self.stack.physical.items():
+            kind = self.stack.resources[name]["Type"]
+            lines.append(f"  {name:<28} {kind:<28} {ids.get('QueueName', ids['Ref'])}")
+        lines.append("")
         overrides = " ".join(f"{k}={v}" for k, v in self.parameters.items() if not k.endswith("ApiBaseUrl"))
         lines.append(f"  parameters{' (--fast)' if self.options.fast else ''}: {overrides}")
         for queue, (before, after) in self.visibility.items():
