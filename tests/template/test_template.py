@@ -354,3 +354,40 @@ def test_outputs_are_not_exported(template: dict[str, Any]) -> None:
     exported = [name for name, output in template["Outputs"].items() if "Export" in output]
 
     assert not exported
+
+
+# --- workers --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function", "rate", "switch"),
+    [
+        ("CaptureRetryFunction", "rate(5 minutes)", "CaptureRetrySchedule"),
+        ("CompensationFunction", "rate(10 minutes)", "CompensationSchedule"),
+    ],
+)
+def test_each_worker_runs_on_its_schedule_and_can_be_switched_off(
+    template: dict[str, Any], function: str, rate: str, switch: str
+) -> None:
+    [event] = template["Resources"][function]["Properties"]["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == rate
+    assert event["Properties"]["State"] == {"Ref": switch}
+    assert template["Parameters"][switch]["AllowedValues"] == ["ENABLED", "DISABLED"]
+
+
+def test_workers_read_the_pause_switch_and_may_only_read_it(template: dict[str, Any]) -> None:
+    parameter = template["Resources"]["WorkerPauseParameter"]
+    assert parameter["Type"] == "AWS::SSM::Parameter"
+    assert parameter["Properties"]["Value"] == "none"
+    for function in ("CaptureRetryFunction", "CompensationFunction"):
+        props = template["Resources"][function]["Properties"]
+        assert props["Environment"]["Variables"]["WORKER_PAUSE_PARAMETER"] == {"Ref": "WorkerPauseParameter"}
+        assert any("SSMParameterReadPolicy" in policy for policy in props["Policies"] if isinstance(policy, dict))
+
+
+def test_a_worker_run_ends_before_its_next_schedule(template: dict[str, Any]) -> None:
+    # Leases end with the invocation; recovery of a worker's order waits STALE_SAGA_SECONDS past its last touch.
+    for function in ("CaptureRetryFunction", "CompensationFunction"):
+        timeout = template["Resources"][function]["Properties"]["Timeout"]
+        assert timeout <= 300, "a run should end before the next 5-minute schedule begins piling up"
