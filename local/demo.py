@@ -356,7 +356,7 @@ class Scenario:
     def run(self, worker: str) -> dict[str, Any]:
         body = self.api.run(worker)
         for run in body.get("runs", []):
-            summary = run.get("error") or _short(run.get("result"))
+            summary = run.get("error") or _counts(run.get("result"))
             if "received" in run:
                 summary = (
                     f"{run['received']} message(s), {run['deleted']} done, {len(run['failed_message_ids'])} failed"
@@ -438,8 +438,10 @@ def declined_card(s: Scenario) -> None:
 
 
 def payment_delay(s: Scenario) -> None:
-    s.api.fault("payment", operation="authorize", delay=s.delay_seconds, times=1)
-    s.note(f"payment provider: the next authorize answers after {s.delay_seconds:g} s")
+    # The delay must outlast the payment timeout, or there is nothing to recover.
+    delay = max(s.delay_seconds, s.payment_timeout + 3)
+    s.api.fault("payment", operation="authorize", delay=delay, times=1)
+    s.note(f"payment provider: the next authorize answers after {delay:g} s")
     session, customer = s.open_session()
     answer = s.confirm(session, customer)
     limit = s.payment_timeout + 3
@@ -451,7 +453,7 @@ def payment_delay(s: Scenario) -> None:
     order_id = answer.body["order_id"]
     s.expect_state(order_id, "AUTH_UNKNOWN")
     # The late authorize still goes through at the provider: the hold recovery must find and void.
-    s.wait(lambda: s.ledger_of(order_id)["authorized"] == 1, "the late authorize lands", timeout=s.delay_seconds + 10)
+    s.wait(lambda: s.ledger_of(order_id)["authorized"] == 1, "the late authorize lands", timeout=delay + 10)
     s.drive(
         order_id, "compensation", {"COMPENSATED"}, advance=s.stale + 1, rounds=3, why="stale-saga recovery voids it"
     )
@@ -751,7 +753,7 @@ def render(outcome: Outcome, number: int) -> str:
     lines += [f"     {text}" for text in outcome.seen] or ["     (nothing)"]
     lines.append("   saga path (order history)")
     for order_id in outcome.orders:
-        path = " -> ".join(outcome.paths.get(order_id, ["?"]))
+        path = _path(outcome.paths.get(order_id, ["?"]))
         lines.append(f"     {order_id}: {path}")
     headers = ["order", "authorized", "captured", "voided", "refunded", "declined", "records"]
     rows = []
@@ -788,6 +790,25 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _counts(result: Any) -> str:
+    """A worker's summary without its zeros: `due 1, captured 1, circuit closed`."""
+    if not isinstance(result, dict):
+        return _short(result)
+    shown = [f"{k} {v}" for k, v in result.items() if k not in ("worker", "paused") and v not in (0, None, "", False)]
+    return ("PAUSED; " if result.get("paused") else "") + (", ".join(shown) or "nothing to do")
+
+
+def _path(states: list[str]) -> str:
+    """AUTHORIZING -> CAPTURE_PENDING x3 -> CAPTURED: repeated steps (retries) counted, not repeated."""
+    steps: list[list[Any]] = []
+    for state in states:
+        if steps and steps[-1][0] == state:
+            steps[-1][1] += 1
+        else:
+            steps.append([state, 1])
+    return " -> ".join(state if n == 1 else f"{state} x{n}" for state, n in steps)
+
+
 def _short(value: Any, limit: int = 140) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -804,21 +825,16 @@ def answers(url: str) -> bool:
 
 
 @contextmanager
-def self_started_stack(out: TextIO, log_path: str) -> Iterator[str]:
-    """A stack of our own on free ports, its invocation log in a file, stopped afterwards."""
-    from local.stack import LocalStack, StackOptions
+def self_started_stack(out: TextIO, log_path: Path) -> Iterator[str]:
+    """A stack of our own, started as `make run` starts it but on free ports, its log in a file."""
+    from local.stack_process import FREE_PORTS, StackProcess
 
-    with open(log_path, "w") as log:
-        options = StackOptions(
-            port=0, moto_port=0, payment_port=0, warehouse_port=0, schedule_period=5, visibility_timeout_override=2
-        )
-        stack = LocalStack(options, out=log)
-        stack.start()
-        try:
-            print(f"started a local stack at {stack.url} (its log: {log_path})", file=out, flush=True)
-            yield stack.url
-        finally:
-            stack.stop()
+    stack = StackProcess.start(log_path, *FREE_PORTS, "--schedule-period", "5", "--visibility-timeout-override", "2")
+    try:
+        print(f"started a local stack at {stack.url} (its log: {log_path})", file=out, flush=True)
+        yield stack.url
+    finally:
+        stack.interrupt()
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout) -> int:
@@ -832,7 +848,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout) -> int:
         return _demo(args.url, args, out)
     if not args.start:
         print(f"no local stack answers at {args.url}; starting one on free ports", file=out, flush=True)
-    log_path = os.path.join(tempfile.gettempdir(), f"checkout-demo-stack-{os.getpid()}.log")
+    log_path = Path(tempfile.gettempdir()) / f"checkout-demo-stack-{os.getpid()}.log"
     with self_started_stack(out, log_path) as url:
         return _demo(url, args, out)
 

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from local.demo import LocalApi
+from local.stack_process import FREE_PORTS, ROOT, StackProcess
 from local.template_stack import load_template
-from tests.e2e.conftest import FAST, FREE_PORTS, ROOT, RunningStack, start_stack
+from tests.e2e.conftest import FAST
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ def test_the_queue_keeps_the_templates_redrive_policy(local_api: LocalApi) -> No
     assert policy["maxReceiveCount"] == int(info.parameters["CompensationMaxRetries"])
 
 
-def test_functions_get_the_template_environment_pointed_at_the_local_services(local_stack: RunningStack) -> None:
+def test_functions_get_the_template_environment_pointed_at_the_local_services(local_stack: StackProcess) -> None:
     stack = httpx.get(f"{local_stack.url}/_local/stack").json()
 
     assert stack["parameters"]["PaymentApiBaseUrl"] == stack["payment"]
@@ -73,7 +74,7 @@ def test_functions_get_the_template_environment_pointed_at_the_local_services(lo
     assert order.json()["error"] == "order_not_found"
 
 
-def test_running_a_function_now(local_api: LocalApi, local_stack: RunningStack) -> None:
+def test_running_a_function_now(local_api: LocalApi, local_stack: StackProcess) -> None:
     unknown = httpx.post(f"{local_stack.url}/_local/run/nope")
     http_only = httpx.post(f"{local_stack.url}/_local/run/confirm_checkout")
 
@@ -88,7 +89,7 @@ def test_running_a_function_now(local_api: LocalApi, local_stack: RunningStack) 
         assert answer.json()["runs"]
 
 
-def test_the_banner_says_what_runs_where_and_warns_that_iam_is_not_enforced(local_stack: RunningStack) -> None:
+def test_the_banner_says_what_runs_where_and_warns_that_iam_is_not_enforced(local_stack: StackProcess) -> None:
     banner = local_stack.log().split("ready:")[0]
 
     assert local_stack.url in banner
@@ -98,7 +99,7 @@ def test_the_banner_says_what_runs_where_and_warns_that_iam_is_not_enforced(loca
     assert "WARNING: IAM authorization is NOT enforced locally" in banner
 
 
-def test_each_invocation_is_one_log_line(local_stack: RunningStack) -> None:
+def test_each_invocation_is_one_log_line(local_stack: StackProcess) -> None:
     httpx.get(f"{local_stack.url}/orders/ord_log_line", headers={"X-Customer-ID": "cus_1"})
 
     deadline = time.monotonic() + 10
@@ -112,11 +113,11 @@ def test_each_invocation_is_one_log_line(local_stack: RunningStack) -> None:
 
 def test_a_taken_port_fails_with_a_clear_message_and_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     # Given a stack on free ports
-    first = start_stack(tmp_path / "first.log", *FREE_PORTS, *FAST)
+    first = StackProcess.start(tmp_path / "first.log", *FREE_PORTS, *FAST)
     try:
         port = first.url.rsplit(":", 1)[1]
         # When a second one asks for the first one's front port
-        second = start_stack(tmp_path / "second.log", *FREE_PORTS[2:], "--port", port, wait_ready=False)
+        second = StackProcess.start(tmp_path / "second.log", *FREE_PORTS[2:], "--port", port, wait_ready=False)
         assert second.process.wait(60) == 2
         # Then it says which port, what for, and how to choose another
         message = second.log()
