@@ -361,6 +361,8 @@ class LocalStack:
             runs.append(
                 {
                     "trigger": f"{schedule.kind} {schedule.event_name}",
+                    # A schedule the template switches off still runs when asked to, as `aws lambda invoke` would.
+                    "schedule_enabled": schedule.enabled,
                     "result": invocation.result,
                     "error": _error_text(invocation.error),
                     "duration_ms": round(invocation.duration_ms),
