@@ -203,6 +203,9 @@ def summarize(result: Any, limit: int = 90) -> str:
     """A worker's answer, short enough for one log line."""
     if result is None:
         return "ok"
+    if isinstance(result, dict) and "statusCode" not in result:
+        # A worker's summary: its non-zero counts say what the run did.
+        result = {k: v for k, v in result.items() if v not in (0, None, "", False, [], {})}
     text = result if isinstance(result, str) else _compact(result)
     return f"ok {text[: limit - 1] + '…' if len(text) > limit else text}"
 
