@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -136,17 +138,24 @@ def test_make_demo_starts_its_own_stack_when_none_answers(tmp_path: Path) -> Non
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    done = subprocess.run(
+    # Its own session, so a hung demo and the stack it started are stopped together.
+    demo = subprocess.Popen(
         [sys.executable, "-m", "local.demo", "--url", nobody, "--only", "happy_path"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=120,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        output, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "starting one on free ports" in done.stdout
-    assert "PASSED" in done.stdout
-    assert "provider ledger" in done.stdout
-    assert "authorized  captured  voided" in done.stdout
+    assert demo.returncode == 0, output
+    assert "starting one on free ports" in output
+    assert "PASSED" in output
+    assert "provider ledger" in output
+    assert "authorized  captured  voided" in output
