@@ -37,11 +37,6 @@ class CompensationSteps:
         return "; ".join(self.errors)
 
 
-# Which part of the compensation a failed step belongs to: the payment (void, or refund of a capture) or the stock.
-PAYMENT_STEPS = frozenset({OperationType.VOID_AUTHORIZATION, OperationType.REFUND, OperationType.ORDER_COMPENSATION})
-RELEASE_STEPS = frozenset({OperationType.RELEASE_RESERVATION, OperationType.ORDER_COMPENSATION})
-
-
 class Compensator:
     def __init__(
         self,
@@ -58,31 +53,9 @@ class Compensator:
         self._ledger = ledger
         self._warehouse_timeout = warehouse_timeout
 
-    def run_steps(
-        self,
-        order: Order,
-        deadline: Deadline,
-        *,
-        trust_empty_search: bool,
-        only: frozenset[OperationType] | None = None,
-    ) -> CompensationSteps:
-        """Void (or refund) and release. Each step is idempotent under the order's keys, so re-running is safe.
-
-        `only` limits a retry to the steps still open (a failed record names them), so a step that already
-        went through is not sent to its provider again.
-        """
+    def run_steps(self, order: Order, deadline: Deadline, *, trust_empty_search: bool) -> CompensationSteps:
+        """Void (or refund) and release. Each step is idempotent under the order's keys, so re-running is safe."""
         steps = CompensationSteps(key_attempts=dict(order.key_attempts), authorization_id=order.authorization_id)
-        payment = only is None or bool(only & PAYMENT_STEPS)
-        release = only is None or bool(only & RELEASE_STEPS)
-        if payment:
-            self._settle_payment(order, deadline, steps, trust_empty_search=trust_empty_search)
-        if release and order.reservation_id:
-            self._release(order, deadline, steps)
-        return steps
-
-    def _settle_payment(
-        self, order: Order, deadline: Deadline, steps: CompensationSteps, *, trust_empty_search: bool
-    ) -> None:
         voided = self._charges.void(order, deadline, trust_empty_search=trust_empty_search)
         if voided.next_key_attempt is not None:
             steps.key_attempts[Step.VOID] = voided.next_key_attempt
@@ -98,22 +71,26 @@ class Compensator:
             steps.failed.append(OperationType.VOID_AUTHORIZATION)
             steps.errors.append(f"void: {voided.error}")
             steps.provider_fault = True
-
-    def _release(self, order: Order, deadline: Deadline, steps: CompensationSteps) -> None:
-        assert order.reservation_id is not None
-        try:
-            self._warehouse.release(
-                order.reservation_id,
-                idempotency_key=idempotency_key(order.order_id, Step.RELEASE),
-                timeout=deadline.call_timeout(self._warehouse_timeout),
-            )
-        except WarehouseRejected as exc:
-            if exc.status != 404:  # an unknown reservation holds nothing: it expired or never was
+        if order.reservation_id:
+            release_attempt = order.key_attempt(Step.RELEASE)
+            try:
+                self._warehouse.release(
+                    order.reservation_id,
+                    idempotency_key=idempotency_key(order.order_id, Step.RELEASE, release_attempt),
+                    timeout=deadline.call_timeout(self._warehouse_timeout),
+                )
+            except WarehouseRejected as exc:
+                if exc.status != 404:  # an unknown reservation holds nothing: it expired or never was
+                    steps.failed.append(OperationType.RELEASE_RESERVATION)
+                    steps.errors.append(f"release: {exc}")
+            except (WarehouseError, OutOfTime) as exc:
                 steps.failed.append(OperationType.RELEASE_RESERVATION)
                 steps.errors.append(f"release: {exc}")
-        except (WarehouseError, OutOfTime) as exc:
-            steps.failed.append(OperationType.RELEASE_RESERVATION)
-            steps.errors.append(f"release: {exc}")
+                if not isinstance(exc, OutOfTime):
+                    # The warehouse replays a stored 5xx under the same key forever; releasing is idempotent by
+                    # nature (a released reservation answers "released"), so the next try may use a new key.
+                    steps.key_attempts[Step.RELEASE] = release_attempt + 1
+        return steps
 
     def record(self, order: Order, steps: CompensationSteps) -> FailedCompensation | None:
         """Put a failed compensation in the ledger: record, queue message, one alert."""

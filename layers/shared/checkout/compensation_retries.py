@@ -18,6 +18,8 @@ from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState
 
+# Records whose retry still has the reservation to release.
+RELEASE_STEPS = frozenset({OperationType.RELEASE_RESERVATION, OperationType.ORDER_COMPENSATION})
 # A deferred message waits this long before its next delivery, so a busy batch does not spin on it.
 DEFER_DELAY_SECONDS = 30
 # Orders a resolution re-reads before giving up on a concurrent writer (each loss means someone moved it).
@@ -187,8 +189,6 @@ class CompensationRetrier:
             deadline,
             # Stripe's search can lag by about a minute: an empty answer is trusted only for an old order.
             trust_empty_search=self._clock() - order.created_at_epoch >= self._stale,
-            # Only what is still open: a step that went through is never sent to its provider again.
-            only=record.steps_to_retry(),
         )
         if not steps.ok:
             return self._failed(
@@ -217,13 +217,18 @@ class CompensationRetrier:
 
     @staticmethod
     def _order_for_retry(order: Order, record: FailedCompensation) -> Order:
-        """The order as the steps must see it: the furthest key attempts known, and the intent the record names."""
+        """The order as the steps must see it: the furthest key attempts known, the intent the record names,
+        and no reservation once only the payment is left (a release that went through is not sent again)."""
         keys = dict(order.key_attempts)
         for step, attempt in record.key_attempts.items():
             keys[step] = max(keys.get(step, 1), attempt)
-        return order.model_copy(
-            update={"key_attempts": keys, "authorization_id": order.authorization_id or record.authorization_id}
-        )
+        update: dict[str, Any] = {
+            "key_attempts": keys,
+            "authorization_id": order.authorization_id or record.authorization_id,
+        }
+        if not record.steps_to_retry() & RELEASE_STEPS:
+            update["reservation_id"] = None
+        return order.model_copy(update=update)
 
     def _failed(
         self,
