@@ -101,3 +101,31 @@ def record_of(stack: TemplateStack, compensation_id: str) -> dict[str, Any]:
 def order_row(stack: TemplateStack, order_id: str) -> dict[str, Any]:
     [order] = [o for o in orders(stack) if o["order_id"] == order_id]
     return order
+
+
+OPERATOR_ARN = "arn:aws:iam::123456789012:user/operator"
+
+
+@pytest.fixture
+def admin(runtime: Runtime) -> Callable[..., ApiResponse]:
+    """Calls the admin handler with a real API Gateway v2 event, IAM-authorized unless `iam=False`."""
+    from functions.admin.app import lambda_handler
+    from tests.apigw import http_event
+
+    def call(method: str, path: str, **kwargs: Any) -> ApiResponse:
+        kwargs.setdefault("iam", True)
+        result = lambda_handler(http_event(method, path, **kwargs), LambdaContext(function_name="checkout-local-admin"))
+        return ApiResponse(int(result["statusCode"]), json.loads(result["body"]), result.get("headers", {}))
+
+    return call
+
+
+def void_by_hand(stripe: FakeStripe, authorization_id: str) -> None:
+    """What an operator does in the Stripe dashboard before resolving a record by hand: cancel the intent."""
+    import httpx
+
+    response = httpx.post(
+        f"{stripe.url}/v1/payment_intents/{authorization_id}/cancel",
+        headers={"Authorization": "Bearer sk_test_local", "Idempotency-Key": f"manual:{authorization_id}"},
+    )
+    assert response.status_code == 200, response.text
