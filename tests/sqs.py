@@ -60,13 +60,13 @@ class EventSourceMapping:
         self._context = context
         self._in_flight: list[str] = []
 
-    def deliver(self, batch_size: int = 10) -> Delivery:
+    def deliver(self, batch_size: int = 10, *, context: Any = None) -> Delivery:
         messages = self._sqs.receive_message(
             QueueUrl=self._url, MaxNumberOfMessages=batch_size, AttributeNames=["All"], MessageAttributeNames=["All"]
         ).get("Messages", [])
         if not messages:
             return Delivery()
-        response = self._handler(sqs_event(messages, self._arn), self._context())
+        response = self._handler(sqs_event(messages, self._arn), context or self._context())
         failed = [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
         for message in messages:
             if message["MessageId"] in failed:
@@ -79,6 +79,11 @@ class EventSourceMapping:
             failed_bodies=[m["Body"] for m in messages if m["MessageId"] in failed],
             response=response,
         )
+
+    def crash(self) -> None:
+        """A run that dies (timeout, out of memory) after receiving: the batch stays in flight, nothing reported."""
+        messages = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10).get("Messages", [])
+        self._in_flight += [m["ReceiptHandle"] for m in messages]
 
     def visibility_expires(self) -> None:
         """What waiting out the visibility timeout does: failed messages can be received again."""
@@ -101,9 +106,14 @@ class EventSourceMapping:
 def queue_depth(queue_url: str) -> int:
     """Messages on a queue, visible or in flight, without receiving them (a receive counts as a delivery)."""
     attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        QueueUrl=queue_url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(count) for count in attributes.values())
 
 
 def peek_bodies(queue_url: str) -> list[Any]:

@@ -323,3 +323,17 @@ def test_a_request_without_an_iam_caller_is_refused_and_writes_nothing(
     response = admin(method, path.format(id=failed.compensation_id, order=failed.order_id), body=body, iam=False)
 
     assert_refused(response, 403, "forbidden")
+
+
+def test_the_committed_sample_event_lists_failed_compensations(runtime, nothing_written: None) -> None:
+    from pathlib import Path
+
+    from functions.admin.app import lambda_handler
+    from tests.conftest import LambdaContext
+
+    event = json.loads((Path(__file__).parents[2] / "events" / "admin_list_compensations.json").read_text())
+
+    result = lambda_handler(event, LambdaContext(function_name="checkout-local-admin"))
+
+    assert result["statusCode"] == 200
+    assert json.loads(result["body"]) == {"items": [], "next_cursor": None}

@@ -314,3 +314,55 @@ def test_a_message_for_a_resolved_record_does_nothing(
     assert len(stripe.requests) == requests
     assert queue_depth(queue_url(stack)) == 0
     assert_money_invariants(stack, stripe, warehouse, converged=True, alerts=alerts_inbox())
+
+
+def test_the_committed_sample_event_names_no_record_here_and_is_reported(runtime, stack) -> None:
+    from pathlib import Path
+
+    from functions.dlq_processor.app import lambda_handler
+    from tests.conftest import LambdaContext
+
+    event = json.loads((Path(__file__).parents[2] / "events" / "dlq_processor_failed_compensation.json").read_text())
+
+    result = lambda_handler(event, LambdaContext(timeout_seconds=30))
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+
+def test_a_delivery_lost_to_a_crash_still_ends_failed_with_one_alert_before_the_dlq(
+    fail_compensation: FailCompensation, dlq_processor: EventSourceMapping, stack, stripe, warehouse, alerts_inbox
+) -> None:
+    # Given a failing void, and a first delivery whose run died before it could try
+    failed = fail_compensation()
+    stripe.inject("cancel", status=500)
+    dlq_processor.crash()
+    dlq_processor.visibility_expires()
+
+    # When the two deliveries SQS has left both fail
+    deliveries = dlq_processor.drain()
+
+    # Then the record is failed on the message's last delivery (two tries, not three), alerted once, parked
+    assert [len(d.failed) for d in deliveries] == [1, 1]
+    record = record_of(stack, failed.compensation_id)
+    assert (record["status"], record["retry_count"]) == ("failed", 2)
+    assert peek_bodies(dlq_url(stack)) == [{"compensation_id": failed.compensation_id}]
+    assert Counter(a["kind"] for a in alerts_inbox()) == {"compensation_failed": 1, "compensation_exhausted": 1}
+    assert_money_invariants(stack, stripe, warehouse, converged=True, alerts=alerts_inbox())
+
+
+def test_a_message_with_too_little_time_left_is_requeued_without_using_a_try(
+    fail_compensation: FailCompensation, dlq_processor: EventSourceMapping, stack, stripe, lambda_context
+) -> None:
+    # Given a failed compensation, delivered to a run with too little time for a void and a release
+    failed = fail_compensation()
+    requests = len(stripe.requests)
+
+    # When the run takes the message
+    delivery = dlq_processor.deliver(context=lambda_context(timeout_seconds=5))
+
+    # Then it is not tried and not counted: a fresh (delayed) message is queued for a later run instead
+    assert delivery.failed == []
+    assert len(stripe.requests) == requests
+    record = record_of(stack, failed.compensation_id)
+    assert (record["status"], record["retry_count"]) == ("pending", 0)
+    assert queue_depth(queue_url(stack)) == 1
