@@ -11,6 +11,7 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import pytest
 from moto import mock_aws
 
 from checkout.config import Settings
-from checkout.runtime import Runtime, use_runtime
+from checkout.runtime import AWS_CONFIG, Runtime, use_runtime
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import FakeWarehouse
 from local.template_stack import TemplateStack
@@ -132,10 +133,36 @@ def env(
     return environment
 
 
+class SerializedClient:
+    """A boto3 client whose calls run one at a time.
+
+    moto's in-process DynamoDB is not thread-safe (a Query racing an UpdateItem can fail inside moto), while
+    the real service is; the workers call it from several threads, so tests serialize the emulator only.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if not callable(real) or name.startswith("_") or name in ("meta", "exceptions"):
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return real(*args, **kwargs)
+
+        return call
+
+
 @pytest.fixture
 def make_runtime(env: dict[str, str], clock: Clock) -> Callable[..., Runtime]:
+    dynamodb = SerializedClient(boto3.client("dynamodb", config=AWS_CONFIG))
+
     def build(**overrides: Any) -> Runtime:
         settings = Settings.from_environ({**env, **{k: str(v) for k, v in overrides.pop("settings", {}).items()}})
+        overrides.setdefault("dynamodb", dynamodb)
         runtime = Runtime(settings, clock=clock, **overrides)
         use_runtime(runtime)
         return runtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from checkout.charges import Charges, Outcome
+from checkout.charges import Charges, Outcome, StepResult
 from checkout.deadline import Deadline, OutOfTime
 from checkout.failed_compensations import FailedCompensation, FailedCompensationLedger, OperationType
 from checkout.observability import logger
@@ -53,10 +53,18 @@ class Compensator:
         self._ledger = ledger
         self._warehouse_timeout = warehouse_timeout
 
-    def run_steps(self, order: Order, deadline: Deadline, *, trust_empty_search: bool) -> CompensationSteps:
-        """Void (or refund) and release. Each step is idempotent under the order's keys, so re-running is safe."""
+    def run_steps(
+        self, order: Order, deadline: Deadline, *, trust_empty_search: bool, nothing_held: bool = False
+    ) -> CompensationSteps:
+        """Void (or refund) and release. Each step is idempotent under the order's keys, so re-running is safe.
+
+        `nothing_held`: the caller has just proven the provider holds nothing for the order; no void is sent.
+        """
         steps = CompensationSteps(key_attempts=dict(order.key_attempts), authorization_id=order.authorization_id)
-        voided = self._charges.void(order, deadline, trust_empty_search=trust_empty_search)
+        if nothing_held:
+            voided = StepResult(Outcome.NOTHING_HELD)
+        else:
+            voided = self._charges.void(order, deadline, trust_empty_search=trust_empty_search)
         if voided.next_key_attempt is not None:
             steps.key_attempts[Step.VOID] = voided.next_key_attempt
         if voided.intent is not None:
@@ -110,9 +118,15 @@ class Compensator:
         """Compensate an order the caller has moved to COMPENSATING (and so holds): → COMPENSATED or FAILED."""
         assert order.saga_state is SagaState.COMPENSATING
         steps = self.run_steps(order, deadline, trust_empty_search=trust_empty_search)
+        return self.finish(order, steps, reason=reason)
+
+    def finish(self, order: Order, steps: CompensationSteps, *, reason: str) -> Order:
+        """Write what the steps achieved, through COMPENSATING: COMPENSATED, or recorded and COMPENSATION_FAILED."""
+        path = [] if order.saga_state is SagaState.COMPENSATING else [SagaState.COMPENSATING]
         if steps.ok:
             return self._saga.move(
                 order,
+                *path,
                 SagaState.COMPENSATED,
                 reason=reason,
                 key_attempts=steps.key_attempts,
@@ -122,6 +136,7 @@ class Compensator:
         record = self.record(order, steps)
         return self._saga.move(
             order,
+            *path,
             SagaState.COMPENSATION_FAILED,
             reason=f"{reason}; {steps.error}"[:500],
             key_attempts=steps.key_attempts,

@@ -18,7 +18,8 @@ from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState
 
-# Records whose retry still has the reservation to release.
+# Which open steps leave a payment to settle (void, or refund of a capture) and which a reservation to release.
+PAYMENT_STEPS = frozenset({OperationType.VOID_AUTHORIZATION, OperationType.REFUND, OperationType.ORDER_COMPENSATION})
 RELEASE_STEPS = frozenset({OperationType.RELEASE_RESERVATION, OperationType.ORDER_COMPENSATION})
 # A deferred message waits this long before its next delivery, so a busy batch does not spin on it.
 DEFER_DELAY_SECONDS = 30
@@ -189,6 +190,8 @@ class CompensationRetrier:
             deadline,
             # Stripe's search can lag by about a minute: an empty answer is trusted only for an old order.
             trust_empty_search=self._clock() - order.created_at_epoch >= self._stale,
+            # Only the release left: an earlier try voided (or refunded) it, so no void is sent again.
+            nothing_held=not record.steps_to_retry() & PAYMENT_STEPS,
         )
         if not steps.ok:
             return self._failed(

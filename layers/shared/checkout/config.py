@@ -38,6 +38,7 @@ class Settings(BaseModel):
     session_ttl_seconds: int = Field(alias="SESSION_TTL_SECONDS", default=1800, ge=60)
     circuit_failure_threshold: int = Field(alias="CIRCUIT_FAILURE_THRESHOLD", default=5, ge=1)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
+    worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
 
     @model_validator(mode="after")
     def _key_source(self) -> Settings:

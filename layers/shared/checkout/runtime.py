@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
 
 from checkout.alerts import AlertSink, SnsAlerts
+from checkout.capture_retry import CaptureRetryWorker
 from checkout.charges import Charges
 from checkout.compensation import Compensator
 from checkout.compensation_retries import CompensationRetrier
@@ -22,9 +23,11 @@ from checkout.failed_compensations import FailedCompensationLedger
 from checkout.operator_actions import OperatorActions
 from checkout.orders import OrderStore
 from checkout.payments import PaymentGateway, StripePaymentGateway
+from checkout.recovery import CompensationWorker
 from checkout.saga import Saga
 from checkout.sessions import SessionOpener
 from checkout.warehouse import Warehouse, WarehouseClient
+from checkout.workers import PauseSwitch
 
 # AWS calls fail fast and retry with botocore's standard mode; no call may outlive its Lambda.
 AWS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
@@ -172,6 +175,41 @@ class Runtime:
             call_budget_seconds=self.settings.payment_timeout_seconds + self.settings.warehouse_timeout_seconds,
             stale_saga_seconds=self.settings.stale_saga_seconds,
             lease_seconds=COMPENSATION_RETRY_LEASE_SECONDS,
+        )
+
+    @cached_property
+    def pause_switch(self) -> PauseSwitch:
+        return PauseSwitch(self.settings.worker_pause_parameter)
+
+    @cached_property
+    def capture_retry_worker(self) -> CaptureRetryWorker:
+        s = self.settings
+        return CaptureRetryWorker(
+            store=self.store,
+            saga=self.saga,
+            charges=self.charges,
+            clock=self.clock,
+            max_retries=s.capture_max_retries,
+            backoff_base_seconds=s.capture_backoff_base_seconds,
+            backoff_max_seconds=s.capture_backoff_max_seconds,
+            payment_timeout=s.payment_timeout_seconds,
+            circuit_failure_threshold=s.circuit_failure_threshold,
+            concurrency=s.worker_concurrency,
+        )
+
+    @cached_property
+    def compensation_worker(self) -> CompensationWorker:
+        s = self.settings
+        return CompensationWorker(
+            store=self.store,
+            saga=self.saga,
+            charges=self.charges,
+            compensator=self.compensator,
+            clock=self.clock,
+            stale_saga_seconds=s.stale_saga_seconds,
+            payment_timeout=s.payment_timeout_seconds,
+            circuit_failure_threshold=s.circuit_failure_threshold,
+            concurrency=s.worker_concurrency,
         )
 
     @cached_property

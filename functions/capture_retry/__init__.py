@@ -1,0 +1,1 @@
+"""capture_retry: the EventBridge-scheduled worker that retries pending captures."""

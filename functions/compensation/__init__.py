@@ -1,0 +1,1 @@
+"""compensation: the EventBridge-scheduled worker that compensates and recovers sagas."""

@@ -1,0 +1,162 @@
+"""The compensation worker: compensates CAPTURE_FAILED orders and takes over stale sagas (ARCHITECTURE.md section 4).
+
+- CAPTURE_FAILED, and a stale COMPENSATING: void (or refund) and release → COMPENSATED.
+- A stale AUTHORIZING / AUTH_UNKNOWN: learn what the provider holds (search by order, else re-send authorize
+  under the order's one key), void it, release → COMPENSATED.
+- A stale AUTHORIZED / CAPTURING: roll forward to CAPTURE_PENDING, due now; the retry worker captures with the
+  order's one capture key, so a capture whose answer was lost is replayed, never repeated.
+A step that fails → COMPENSATION_FAILED, with a failed-compensation record, a queue message and one alert.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from checkout.charges import Charges, Outcome
+from checkout.compensation import CompensationSteps, Compensator
+from checkout.deadline import Deadline
+from checkout.observability import logger
+from checkout.orders import Order, OrderStore
+from checkout.saga import ConcurrentUpdate, Saga, SagaState, WorkQueue
+from checkout.workers import RunBudget, RunCircuit, RunSummary, drain
+
+S = SagaState
+WORKER = "compensation"
+COMPENSATED, FAILED, ROLLED_FORWARD, LEFT_DUE = "compensated", "compensation_failed", "rolled_forward", "left_due"
+RECOVERED = "recovered"
+METRICS = {COMPENSATED: "OrdersCompensated", RECOVERED: "SagasRecovered", FAILED: "CompensationsFailedByWorker"}
+UNRECORDED_AUTHORIZE = frozenset({S.AUTHORIZING, S.AUTH_UNKNOWN})
+ROLL_FORWARD = frozenset({S.AUTHORIZED, S.CAPTURING})
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    order: Order
+    steps: CompensationSteps
+    reason: str
+
+
+class CompensationWorker:
+    def __init__(
+        self,
+        *,
+        store: OrderStore,
+        saga: Saga,
+        charges: Charges,
+        compensator: Compensator,
+        clock: Callable[[], float],
+        stale_saga_seconds: int,
+        payment_timeout: float,
+        circuit_failure_threshold: int,
+        concurrency: int,
+    ) -> None:
+        self._store = store
+        self._saga = saga
+        self._charges = charges
+        self._compensator = compensator
+        self._clock = clock
+        self._stale = stale_saga_seconds
+        self._payment_timeout = payment_timeout
+        self._threshold = circuit_failure_threshold
+        self._concurrency = concurrency
+
+    def run(self, deadline: Deadline, *, owner: str) -> RunSummary:
+        budget = RunBudget(deadline, payment_timeout=self._payment_timeout, circuit=RunCircuit(self._threshold))
+        summary = RunSummary(WORKER, outcomes=(COMPENSATED, FAILED, ROLLED_FORWARD, LEFT_DUE, RECOVERED))
+        # Failures caused by provider faults wait for the run's end: if the provider turned out to be down (the
+        # circuit opened), the orders are left due for the next run instead of being recorded as failed.
+        deferred: list[_Deferred] = []
+        deferred_lock = threading.Lock()
+
+        def handle(order: Order) -> None:
+            if budget.circuit.is_open:
+                summary.count("skipped")
+                return
+            try:
+                claimed = self._saga.claim(order, owner=owner, lease_seconds=budget.lease_seconds())
+            except ConcurrentUpdate:
+                summary.count("skipped")
+                return
+            if claimed.saga_state is not S.CAPTURE_FAILED:
+                summary.count(RECOVERED)
+                logger.info(
+                    "stale saga taken over by recovery",
+                    extra={"order_id": order.order_id, "saga_state": claimed.saga_state, "since": order.updated_at},
+                )
+            if claimed.saga_state in ROLL_FORWARD:
+                self._saga.move(
+                    claimed,
+                    S.CAPTURE_PENDING,
+                    reason=f"recovery: stale {claimed.saga_state}, rolled forward to the capture retry",
+                    next_attempt_at=int(self._clock()),
+                )
+                summary.count(ROLLED_FORWARD)
+                return
+            outcome = self._compensate(claimed, budget)
+            if isinstance(outcome, _Deferred):
+                with deferred_lock:
+                    deferred.append(outcome)
+            else:
+                summary.count(outcome)
+
+        now = int(self._clock())
+        due = itertools.chain(self._store.due(WorkQueue.COMPENSATION, now), self._store.due(WorkQueue.RECOVERY, now))
+        drain(due, handle, budget=budget, summary=summary, concurrency=self._concurrency)
+        outage = budget.circuit.is_open
+        for item in deferred:
+            if outage:
+                self._saga.release(item.order)
+                summary.count(LEFT_DUE)
+            else:
+                summary.count(self._finish(item.order, item.steps, item.reason))
+        return summary
+
+    def _compensate(self, order: Order, budget: RunBudget) -> str | _Deferred:
+        reason = (
+            "capture retries exhausted: compensated"
+            if order.saga_state is S.CAPTURE_FAILED
+            else f"recovery: stale {order.saga_state}, compensated"
+        )
+        trust_empty = self._clock() - order.created_at_epoch >= self._stale
+        # The steps see what the provider holds; the transition is written against the order as claimed, so
+        # an intent id learnt here is recorded with it.
+        target, nothing_held = order, False
+        if order.saga_state in UNRECORDED_AUTHORIZE and order.authorization_id is None:
+            settled = self._find_hold(order, budget.deadline, trust_empty=trust_empty)
+            if settled is None:
+                budget.circuit.record(provider_fault=True)
+                self._saga.release(order)
+                logger.warning(
+                    "could not learn what the provider holds; left for the next run", extra={"order_id": order.order_id}
+                )
+                return LEFT_DUE
+            target, nothing_held = settled
+        steps = self._compensator.run_steps(
+            target, budget.deadline, trust_empty_search=trust_empty, nothing_held=nothing_held
+        )
+        budget.circuit.record(provider_fault=steps.provider_fault)
+        if not steps.ok and steps.provider_fault:
+            return _Deferred(order, steps, reason)
+        return self._finish(order, steps, reason)
+
+    def _find_hold(self, order: Order, deadline: Deadline, *, trust_empty: bool) -> tuple[Order, bool] | None:
+        """The order with the intent its lost authorize left (and whether nothing is held), or None if unknown.
+
+        The search is read-only, so it goes first. When it cannot tell, authorize is sent again under the same
+        key: the provider replays what it did with that key (or does it now), naming the intent to void.
+        """
+        found = self._charges.find_authorization(order, deadline, trust_empty=trust_empty)
+        if found.outcome is Outcome.UNKNOWN:
+            found = self._charges.authorize(order, deadline, resumed=True)
+        if found.outcome is Outcome.AUTHORIZED and found.intent is not None:
+            return order.model_copy(update={"authorization_id": found.intent.id}), False
+        if found.outcome in (Outcome.NOTHING_HELD, Outcome.DECLINED):
+            return order, True
+        return None
+
+    def _finish(self, order: Order, steps: CompensationSteps, reason: str) -> str:
+        finished = self._compensator.finish(order, steps, reason=reason)
+        return COMPENSATED if finished.saga_state is S.COMPENSATED else FAILED

@@ -1,0 +1,222 @@
+"""What every scheduled worker run shares: the run summary, the time budget, the circuit breaker, the pause switch
+and the bounded-concurrency loop over the orders a due-index Query finds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from checkout.deadline import Deadline, LambdaContextLike
+from checkout.observability import MetricUnit, logger, metrics
+from checkout.orders import Order
+
+# Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
+# 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
+DEFAULT_CONCURRENCY = 16
+# Beyond one payment timeout, what a task needs to write its outcome (a claim and a transition).
+WRITE_MARGIN_SECONDS = 3.0
+# The value of the pause parameter that pauses nothing (SSM refuses empty values).
+NOTHING_PAUSED = "none"
+
+
+class Circuit(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class RunCircuit:
+    """Opens after `threshold` consecutive provider failures within one run; a success closes the streak.
+
+    Hand-written rather than Powertools' circuit breaker on purpose: that one keeps its state beyond the
+    run (a persistence table, a recovery timeout, half-open probes) and counts exceptions. ARCHITECTURE.md
+    section 4 wants a breaker per run, counting provider faults that our step results report as values,
+    with the schedule itself as the recovery timeout: the next run starts closed and resumes.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+        self._streak = 0
+        self._open = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def state(self) -> Circuit:
+        return Circuit.OPEN if self._open else Circuit.CLOSED
+
+    def record(self, *, provider_fault: bool) -> None:
+        with self._lock:
+            if not provider_fault:
+                self._streak = 0
+                return
+            self._streak += 1
+            if self._streak >= self._threshold and not self._open:
+                self._open = True
+                logger.warning("provider keeps failing: circuit open, the run stops taking work")
+
+
+@dataclass
+class RunSummary:
+    """What one worker run did; returned by the handler, logged, and turned into metrics."""
+
+    worker: str
+    outcomes: tuple[str, ...] = ()
+    due: int = 0
+    circuit: Circuit = Circuit.CLOSED
+    stopped_early: str | None = None
+    paused: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.counts = {outcome: 0 for outcome in (*self.outcomes, "skipped", "errors")} | self.counts
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[outcome] = self.counts.get(outcome, 0) + n
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self.counts)
+        return {
+            "worker": self.worker,
+            "paused": self.paused,
+            "due": self.due,
+            **counts,
+            "circuit": self.circuit.value,
+            "stopped_early": self.stopped_early,
+        }
+
+
+def emit(summary: RunSummary, metric_names: dict[str, str]) -> None:
+    """Log the summary and add one metric per counted outcome (in the handler's thread: Metrics is not thread-safe)."""
+    for outcome, name in metric_names.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=summary.counts.get(outcome, 0))
+    if summary.circuit is Circuit.OPEN:
+        metrics.add_metric(name="WorkerCircuitOpened", unit=MetricUnit.Count, value=1)
+    logger.info(f"{summary.worker} run finished", extra={"summary": summary.as_dict()})
+
+
+class RunBudget:
+    """Whether the run may take one more order: time for one payment call plus writing its outcome, circuit closed."""
+
+    def __init__(self, deadline: Deadline, *, payment_timeout: float, circuit: RunCircuit) -> None:
+        self.deadline = deadline
+        self._needed = payment_timeout + WRITE_MARGIN_SECONDS
+        self.circuit = circuit
+
+    def stop_reason(self) -> str | None:
+        if self.circuit.is_open:
+            return "circuit_open"
+        if not self.deadline.has_time_for(self._needed):
+            return "out_of_time"
+        return None
+
+    def lease_seconds(self) -> int:
+        """A lease ends with the invocation, so it never outlasts its function's Timeout."""
+        return max(1, int(self.deadline.remaining()) + 1)
+
+
+def drain(
+    orders: Iterable[Order],
+    task: Callable[[Order], None],
+    *,
+    budget: RunBudget,
+    summary: RunSummary,
+    concurrency: int,
+) -> None:
+    """Run `task` on each order with at most `concurrency` in flight; stop taking orders once the budget says so.
+
+    Orders are read lazily, so a run that stops early reads no further page of the index.
+    """
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=summary.worker) as pool:
+        in_flight: set[Future[None]] = set()
+        for order in orders:
+            if len(in_flight) >= concurrency:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                _collect(done)
+            reason = budget.stop_reason()
+            if reason is not None:
+                summary.stopped_early = reason
+                break
+            summary.due += 1
+            in_flight.add(pool.submit(_guarded, task, order, summary))
+        _collect(wait(in_flight).done)
+    summary.circuit = budget.circuit.state
+
+
+def _guarded(task: Callable[[Order], None], order: Order, summary: RunSummary) -> None:
+    """One order's task; an AWS error on it leaves the order leased, so it is due again once the lease ends."""
+    try:
+        task(order)
+    except (ClientError, BotoCoreError):
+        logger.exception("order left for a later run after an AWS error", extra={"order_id": order.order_id})
+        summary.count("errors")
+
+
+def _collect(done: Iterable[Future[None]]) -> None:
+    for future in done:
+        # A task handles every outcome it can judge; anything else is a bug and fails the invocation loudly.
+        future.result()
+
+
+class PauseSwitch:
+    """The run-time rollback switch: an SSM parameter listing paused workers (`capture_retry,compensation`) or `none`.
+
+    Read through Powertools Parameters and cached for `max_age` seconds, so pausing takes effect within a minute
+    without a redeploy. No parameter configured means never paused.
+    """
+
+    def __init__(self, parameter_name: str | None, *, fetch: Callable[[str], str] | None = None, max_age: int = 60):
+        self._name = parameter_name
+        self._fetch = fetch
+        self._max_age = max_age
+
+    def paused(self, worker: str) -> bool:
+        if not self._name:
+            return False
+        try:
+            value = self._fetch(self._name) if self._fetch else self._from_ssm(self._name)
+        except Exception:
+            # A worker that does not run leaves customers' money held: an unreadable switch means "run".
+            logger.exception("could not read the pause switch; running", extra={"parameter": self._name})
+            return False
+        paused = {part.strip() for part in value.replace("\n", ",").split(",") if part.strip()}
+        return worker in paused or "all" in paused
+
+    def _from_ssm(self, name: str) -> str:
+        from aws_lambda_powertools.utilities import parameters
+
+        return str(parameters.get_parameter(name, max_age=self._max_age))
+
+
+class Worker(Protocol):
+    def run(self, deadline: Deadline, *, owner: str) -> RunSummary: ...
+
+
+def run_scheduled(
+    name: str,
+    worker: Callable[[], Worker],
+    *,
+    switch: PauseSwitch,
+    metric_names: dict[str, str],
+    context: LambdaContextLike,
+    request_id: str,
+) -> dict[str, Any]:
+    """A scheduled invocation of a worker: honour the pause switch, run, log and emit the summary, return it."""
+    if switch.paused(name):
+        logger.warning(f"{name} is paused by its switch; nothing done", extra={"worker": name})
+        summary = RunSummary(name, paused=True)
+    else:
+        summary = worker().run(Deadline.from_context(context), owner=f"{name}:{request_id}")
+    emit(summary, metric_names if not summary.paused else {})
+    return summary.as_dict()
