@@ -365,3 +365,40 @@ def test_a_message_with_too_little_time_left_is_requeued_without_using_a_try(
     record = record_of(stack, failed.compensation_id)
     assert (record["status"], record["retry_count"]) == ("pending", 0)
     assert queue_depth(queue_url(stack)) == 1
+
+
+def test_two_deliveries_of_one_record_at_once_send_one_void(
+    fail_compensation: FailCompensation, stack, stripe, warehouse, alerts_inbox, lambda_context
+) -> None:
+    import threading
+
+    from checkout.deadline import Deadline
+    from checkout.runtime import runtime
+
+    # Given one record with two messages taken by two processors at the same time, and a slow provider
+    failed = fail_compensation()
+    stripe.inject("cancel", delay=0.3, times=1)
+    outcomes: list[str] = []
+
+    def process(message_id: str) -> None:
+        result = runtime().compensation_retries.process(
+            message_for(failed.compensation_id),
+            Deadline.from_context(lambda_context(timeout_seconds=30)),
+            message_id=message_id,
+            receive_count=1,
+        )
+        outcomes.append(result.outcome.value)
+
+    # When both process it
+    threads = [threading.Thread(target=process, args=(f"msg-{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then the lease let one of them retry; the other stood down; one void was executed
+    assert sorted(outcomes) in (["in_progress", "resolved"], ["already_resolved", "resolved"])
+    executed = [r for r in stripe.requests if r["operation"] == "cancel" and not r["replayed"]]
+    assert [r["status"] for r in executed] == [500, 200]
+    assert record_of(stack, failed.compensation_id)["status"] == "resolved"
+    assert_money_invariants(stack, stripe, warehouse, converged=True, alerts=alerts_inbox())
