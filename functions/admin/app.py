@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.api_models import ResolveRequest, RetryRequest
+from checkout.api_models import ErrorBody, ResolveRequest, RetryRequest
 from checkout.errors import CheckoutError, PayloadTooLarge
 from checkout.failed_compensations import RecordStatus
 from checkout.observability import logger, metrics, tracer
@@ -21,6 +22,14 @@ from checkout.runtime import runtime
 MAX_BODY_BYTES = 64 * 1024
 
 app = APIGatewayHttpResolver(enable_validation=True)
+
+
+def _answers(success: tuple[int, str], *errors: tuple[int, str]) -> dict[int, OpenAPIResponse]:
+    """The route's answers for docs/admin-openapi.json; every error is `{"error", "message"}`."""
+    answers: dict[int, OpenAPIResponse] = {success[0]: {"description": success[1]}}
+    for status, codes in (*errors, (403, "forbidden: no IAM caller"), (500, "internal_error")):
+        answers[status] = {"description": codes, "content": {"application/json": {"model": ErrorBody}}}
+    return answers
 
 
 class NoIamCaller(CheckoutError):
@@ -41,7 +50,11 @@ def _operator() -> str:
     return caller
 
 
-@app.get("/admin/compensations", summary="List failed compensations, by status or all (failed first)")
+@app.get(
+    "/admin/compensations",
+    summary="List failed compensations, by status or all (failed first)",
+    responses=_answers((200, "{items: [record], next_cursor}"), (422, "validation_error")),
+)
 @tracer.capture_method
 def list_compensations(
     status: Annotated[RecordStatus | None, Query(description="only records in this status")] = None,
@@ -53,14 +66,28 @@ def list_compensations(
     return _json(HTTPStatus.OK, page.body())
 
 
-@app.get("/admin/compensations/<compensation_id>", summary="One failed-compensation record")
+@app.get(
+    "/admin/compensations/<compensation_id>",
+    summary="One failed-compensation record",
+    responses=_answers((200, "the record"), (404, "compensation_not_found")),
+)
 @tracer.capture_method
 def get_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
     _operator()
     return _json(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
 
 
-@app.post("/admin/compensations/<compensation_id>/retry", summary="Queue a failed compensation for another try")
+@app.post(
+    "/admin/compensations/<compensation_id>/retry",
+    summary="Queue a failed compensation for another try",
+    responses=_answers(
+        (202, "the record, pending and re-queued"),
+        (404, "compensation_not_found"),
+        (409, "compensation_resolved"),
+        (422, "validation_error"),
+        (503, "queue_unavailable"),
+    ),
+)
 @tracer.capture_method
 def retry_compensation(
     compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
@@ -70,7 +97,16 @@ def retry_compensation(
     return _json(HTTPStatus.ACCEPTED, record.public_view())
 
 
-@app.post("/admin/compensations/<compensation_id>/resolve", summary="Resolve by hand; the order becomes COMPENSATED")
+@app.post(
+    "/admin/compensations/<compensation_id>/resolve",
+    summary="Resolve by hand; the order becomes COMPENSATED",
+    responses=_answers(
+        (200, "the record, resolved"),
+        (404, "compensation_not_found"),
+        (409, "compensation_resolved"),
+        (422, "validation_error: the note is missing or blank"),
+    ),
+)
 @tracer.capture_method
 def resolve_compensation(
     compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
@@ -80,7 +116,11 @@ def resolve_compensation(
     return _json(HTTPStatus.OK, record.public_view())
 
 
-@app.get("/admin/orders/<order_id>", summary="An order with its history and failed-compensation records")
+@app.get(
+    "/admin/orders/<order_id>",
+    summary="An order with its history and failed-compensation records",
+    responses=_answers((200, "the order, its history and its records"), (404, "order_not_found")),
+)
 @tracer.capture_method
 def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
     _operator()

@@ -70,3 +70,10 @@ class RetryRequest(BaseModel):
     note: str | None = Field(
         default=None, min_length=1, max_length=MAX_NOTE_LENGTH, description="why it is retried (kept on the record)"
     )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of both APIs (section 5)."""
+
+    error: str = Field(description="machine-readable code, e.g. compensation_not_found")
+    message: str = Field(description="what went wrong, for a person")
