@@ -115,6 +115,11 @@ def test_resolve_and_order_from_the_command_line(
     assert order["saga_state"] == "COMPENSATED"
     assert order["history"][-1]["to"] == "COMPENSATED"
     assert [r["status"] for r in order["compensations"]] == ["resolved"]
+    # And the dashboard's resolution time counts it, as for a resolve through the admin API
+    [metric] = boto3.client("cloudwatch").list_metrics(
+        Namespace="Checkout", MetricName="CompensationResolutionSeconds"
+    )["Metrics"]
+    assert metric["Dimensions"] == [{"Name": "service", "Value": "checkout"}]
     # And resolving again is refused
     code, error = cli("resolve", failed.compensation_id, "--note", "again")
     assert (code, error["error"]) == (1, "compensation_resolved")

@@ -23,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from checkout.alerts import Alert
+from checkout.compensation_retries import seconds_between
 from checkout.errors import CheckoutError
 from checkout.failed_compensations import FailedCompensationLedger, RecordStatus
 from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OperatorActions
@@ -226,7 +227,33 @@ def _retry(args: argparse.Namespace, resources: Resources, aws: Aws, environ: di
 
 def _resolve(args: argparse.Namespace, resources: Resources, aws: Aws, environ: dict[str, str]) -> Any:
     by = operator_identity(args, aws, environ)
-    return operator_actions(resources, aws).resolve(args.id, by=by, note=args.note).public_view()
+    record = operator_actions(resources, aws).resolve(args.id, by=by, note=args.note)
+    assert record.resolved_at is not None
+    publish_resolution(aws, environ, seconds_between(record.created_at, record.resolved_at))
+    return record.public_view()
+
+
+def publish_resolution(aws: Aws, environ: dict[str, str], seconds: float) -> None:
+    """The metrics the admin API's resolve emits, so the dashboard's resolution time counts this one too.
+
+    Best effort: the record is already resolved; without cloudwatch:PutMetricData only the KPI misses it.
+    """
+    dimensions = [{"Name": "service", "Value": environ.get("POWERTOOLS_SERVICE_NAME", "checkout")}]
+    try:
+        aws.client("cloudwatch").put_metric_data(
+            Namespace=environ.get("POWERTOOLS_METRICS_NAMESPACE", "Checkout"),
+            MetricData=[
+                {"MetricName": "CompensationResolvedByHand", "Dimensions": dimensions, "Value": 1, "Unit": "Count"},
+                {
+                    "MetricName": "CompensationResolutionSeconds",
+                    "Dimensions": dimensions,
+                    "Value": seconds,
+                    "Unit": "Seconds",
+                },
+            ],
+        )
+    except (ClientError, BotoCoreError) as exc:
+        print(json.dumps({"warning": "metric_not_published", "message": str(exc)}), file=sys.stderr)
 
 
 def _order(args: argparse.Namespace, resources: Resources, aws: Aws, environ: dict[str, str]) -> Any:
