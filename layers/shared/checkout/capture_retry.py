@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from checkout.deadline import Deadline
 from checkout.observability import logger
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState, Step, WorkQueue
-from checkout.workers import RunBudget, RunCircuit, RunSummary, drain
+from checkout.workers import RunBudget, RunCircuit, RunSummary, drain, settle
 
 S = SagaState
 WORKER = "capture_retry"
@@ -107,8 +108,11 @@ class CaptureRetryWorker:
         )
         outage = budget.circuit.is_open
         for failure in failed:
-            summary.count(self._settle_failure(failure, outage=outage))
+            settle(functools.partial(self._settle_into, summary, failure, outage=outage), failure.order, summary)
         return summary
+
+    def _settle_into(self, summary: RunSummary, failure: _Failed, *, outage: bool) -> None:
+        summary.count(self._settle_failure(failure, outage=outage))
 
     def _settle_failure(self, failure: _Failed, *, outage: bool) -> str:
         order, result = failure.order, failure.result

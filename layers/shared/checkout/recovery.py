@@ -10,6 +10,7 @@ A step that fails → COMPENSATION_FAILED, with a failed-compensation record, a 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from checkout.deadline import Deadline
 from checkout.observability import logger
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState, WorkQueue
-from checkout.workers import RunBudget, RunCircuit, RunSummary, drain
+from checkout.workers import RunBudget, RunCircuit, RunSummary, drain, settle
 
 S = SagaState
 WORKER = "compensation"
@@ -107,12 +108,17 @@ class CompensationWorker:
         drain(due, handle, budget=budget, summary=summary, concurrency=self._concurrency)
         outage = budget.circuit.is_open
         for item in deferred:
-            if outage:
-                self._saga.release(item.order)
-                summary.count(LEFT_DUE)
-            else:
-                summary.count(self._finish(item.order, item.steps, item.reason))
+            settle(functools.partial(self._settle_into, summary, item, outage=outage), item.order, summary)
         return summary
+
+    def _settle_into(self, summary: RunSummary, item: _Deferred, *, outage: bool) -> None:
+        summary.count(self._settle(item, outage=outage))
+
+    def _settle(self, item: _Deferred, *, outage: bool) -> str:
+        if outage:
+            self._saga.release(item.order)
+            return LEFT_DUE
+        return self._finish(item.order, item.steps, item.reason)
 
     def _compensate(self, order: Order, budget: RunBudget) -> str | _Deferred:
         reason = (

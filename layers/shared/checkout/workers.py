@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order
+from checkout.saga import ConcurrentUpdate
 
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
@@ -156,8 +157,17 @@ def drain(
 
 def _guarded(task: Callable[[Order], None], order: Order, summary: RunSummary) -> None:
     """One order's task; an AWS error on it leaves the order leased, so it is due again once the lease ends."""
+    settle(lambda: task(order), order, summary)
+
+
+def settle(step: Callable[[], object], order: Order, summary: RunSummary) -> None:
+    """Run one order's step. An AWS error leaves the order leased, so it is due again once the lease ends;
+    losing the order to another actor (its lease ran out) is that actor's business."""
     try:
-        task(order)
+        step()
+    except ConcurrentUpdate:
+        logger.warning("order was taken over by another actor; left to it", extra={"order_id": order.order_id})
+        summary.count("skipped")
     except (ClientError, BotoCoreError):
         logger.exception("order left for a later run after an AWS error", extra={"order_id": order.order_id})
         summary.count("errors")
