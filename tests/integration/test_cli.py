@@ -305,3 +305,38 @@ def test_redrive_refused_by_aws_is_reported_not_worked_around(capsys) -> None:
     assert code == 1
     stubber.assert_no_pending_responses()
     assert json.loads(capsys.readouterr().err)["error"] == "aws_error"
+
+
+@pytest.mark.e2e
+def test_against_the_local_stacks_moto_server_list_and_redrive_work_over_http(capsys) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from local.template_stack import TemplateStack
+
+    # Given the template's resources on a moto server at a free 127.0.0.1 port, and a message in its DLQ
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        stack = TemplateStack(endpoint_url=endpoint).deploy()
+        dlq = stack.physical["FailedCompensationsDLQ"]["Ref"]
+        boto3.client("sqs", endpoint_url=endpoint).send_message(QueueUrl=dlq, MessageBody=message_for("fc_1"))
+        options = ["--endpoint-url", endpoint, *resource_options(stack), "--operator", OPERATOR]
+        capsys.readouterr()
+
+        # When the operator lists and redrives through --endpoint-url
+        listed = checkout_admin([*options, "list"], environ={})
+        listing = json.loads(capsys.readouterr().out)
+        redriven = checkout_admin([*options, "redrive-dlq"], environ={})
+        result = json.loads(capsys.readouterr().out)
+
+        # Then both answer, and the redrive fell back on moto server's HTML 500 for StartMessageMoveTask
+        assert (listed, listing) == (0, {"items": [], "next_cursor": None})
+        assert redriven == 0
+        assert (result["method"], result["moved"]) == ("receive_and_send", 1)
+        sqs = boto3.client("sqs", endpoint_url=endpoint)
+        [moved] = sqs.receive_message(QueueUrl=stack.physical["FailedCompensationsQueue"]["Ref"])["Messages"]
+        assert moved["Body"] == message_for("fc_1")
+    finally:
+        server.stop()
