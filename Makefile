@@ -63,10 +63,13 @@ validate: $(SAM) $(CHECKOV) layers/shared/requirements.txt
 
 openapi: $(VENV)/.synced
 	$(RUN) python -m functions.confirm_checkout.openapi > docs/openapi.json
+	$(RUN) python -m functions.admin.openapi > docs/admin-openapi.json
 
 openapi-check: $(VENV)/.synced
 	@$(RUN) python -m functions.confirm_checkout.openapi | diff -u docs/openapi.json - \
 	  || (echo "docs/openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
+	@$(RUN) python -m functions.admin.openapi | diff -u docs/admin-openapi.json - \
+	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 
 unit: $(VENV)/.synced
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered

@@ -1,5 +1,6 @@
 """admin: failed compensations (list, show, retry, resolve by hand) and orders, for operators (IAM auth)."""
 
+import base64
 import json
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -7,20 +8,34 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.errors import CheckoutError
+from checkout.api_models import ErrorBody, ResolveRequest, RetryRequest
+from checkout.errors import CheckoutError, PayloadTooLarge
 from checkout.failed_compensations import RecordStatus
 from checkout.observability import logger, metrics, tracer
 from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from checkout.runtime import runtime
-from functions.admin.models import ResolveRequest
 
-# Who acts when no IAM identity reached the function: only the local stack calls it without one.
-LOCAL_OPERATOR = "local"
+MAX_BODY_BYTES = 64 * 1024
 
 app = APIGatewayHttpResolver(enable_validation=True)
+
+
+def _answers(success: tuple[int, str], *errors: tuple[int, str]) -> dict[int, OpenAPIResponse]:
+    """The route's answers for docs/admin-openapi.json; every error is `{"error", "message"}`."""
+    answers: dict[int, OpenAPIResponse] = {success[0]: {"description": success[1]}}
+    for status, codes in (*errors, (403, "forbidden: no IAM caller"), (500, "internal_error")):
+        answers[status] = {"description": codes, "content": {"application/json": {"model": ErrorBody}}}
+    return answers
+
+
+class NoIamCaller(CheckoutError):
+    """Defence in depth: every /admin route is IAM-authorized in the template, so this means misconfiguration."""
+
+    status, code = 403, "forbidden"
 
 
 def _json(status: int, body: dict[str, Any]) -> Response[str]:
@@ -29,34 +44,69 @@ def _json(status: int, body: dict[str, Any]) -> Response[str]:
 
 def _operator() -> str:
     """The IAM caller API Gateway authenticated (SigV4), recorded on every action."""
-    return app.current_event.request_context.authorizer.iam.user_arn or LOCAL_OPERATOR
+    caller = app.current_event.request_context.authorizer.iam.user_arn
+    if not caller:
+        raise NoIamCaller("admin routes need an IAM-signed (SigV4) request")
+    return caller
 
 
-@app.get("/admin/compensations", summary="List failed compensations, by status or all (failed first)")
+@app.get(
+    "/admin/compensations",
+    summary="List failed compensations, by status or all (failed first)",
+    responses=_answers((200, "{items: [record], next_cursor}"), (422, "validation_error")),
+)
 @tracer.capture_method
 def list_compensations(
     status: Annotated[RecordStatus | None, Query(description="only records in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(min_length=1, max_length=2048, description="next_cursor of a page")] = None,
 ) -> Response[str]:
+    _operator()
     page = runtime().operator_actions.list_records(status=status, limit=limit, cursor=cursor)
     return _json(HTTPStatus.OK, page.body())
 
 
-@app.get("/admin/compensations/<compensation_id>", summary="One failed-compensation record")
+@app.get(
+    "/admin/compensations/<compensation_id>",
+    summary="One failed-compensation record",
+    responses=_answers((200, "the record"), (404, "compensation_not_found")),
+)
 @tracer.capture_method
 def get_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+    _operator()
     return _json(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
 
 
-@app.post("/admin/compensations/<compensation_id>/retry", summary="Queue a failed compensation for another try")
+@app.post(
+    "/admin/compensations/<compensation_id>/retry",
+    summary="Queue a failed compensation for another try",
+    responses=_answers(
+        (202, "the record, pending and re-queued"),
+        (404, "compensation_not_found"),
+        (409, "compensation_resolved"),
+        (422, "validation_error"),
+        (503, "queue_unavailable"),
+    ),
+)
 @tracer.capture_method
-def retry_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
-    record = runtime().operator_actions.retry(compensation_id, by=_operator())
+def retry_compensation(
+    compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
+    body: Annotated[RetryRequest | None, Body()] = None,
+) -> Response[str]:
+    record = runtime().operator_actions.retry(compensation_id, by=_operator(), note=body.note if body else None)
     return _json(HTTPStatus.ACCEPTED, record.public_view())
 
 
-@app.post("/admin/compensations/<compensation_id>/resolve", summary="Resolve by hand; the order becomes COMPENSATED")
+@app.post(
+    "/admin/compensations/<compensation_id>/resolve",
+    summary="Resolve by hand; the order becomes COMPENSATED",
+    responses=_answers(
+        (200, "the record, resolved"),
+        (404, "compensation_not_found"),
+        (409, "compensation_resolved"),
+        (422, "validation_error: the note is missing or blank"),
+    ),
+)
 @tracer.capture_method
 def resolve_compensation(
     compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
@@ -66,9 +116,14 @@ def resolve_compensation(
     return _json(HTTPStatus.OK, record.public_view())
 
 
-@app.get("/admin/orders/<order_id>", summary="An order with its history and failed-compensation records")
+@app.get(
+    "/admin/orders/<order_id>",
+    summary="An order with its history and failed-compensation records",
+    responses=_answers((200, "the order, its history and its records"), (404, "order_not_found")),
+)
 @tracer.capture_method
 def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
+    _operator()
     return _json(HTTPStatus.OK, runtime().operator_actions.order(order_id))
 
 
@@ -93,8 +148,24 @@ def _unexpected(exc: Exception) -> Response[str]:
     return _json(500, {"error": "internal_error", "message": "something went wrong; the request can be retried"})
 
 
+def _body_size(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return len(base64.b64decode(body))
+    return len(body.encode())
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm).
+    runtime()
+    if _body_size(event) > MAX_BODY_BYTES:
+        error = PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
+        return {
+            "statusCode": error.status,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": json.dumps(error.body()),
+        }
     return app.resolve(event, context)

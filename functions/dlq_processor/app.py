@@ -24,7 +24,7 @@ class CompensationNotDone(Exception):
     """The message's compensation is still open: SQS delivers it again, or moves it to the DLQ."""
 
 
-@tracer.capture_method
+# No @tracer.capture_method: it logs every raised exception at ERROR, and a failed try is an expected answer.
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> str:
     receive_count = record.attributes.approximate_receive_count
     result = runtime().compensation_retries.process(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,179 @@ def test_outputs_are_not_exported(template: dict[str, Any]) -> None:
     exported = [name for name, output in template["Outputs"].items() if "Export" in output]
 
     assert not exported
+
+
+# --- failed compensations: processor, admin API, alarms, dashboard ----------------------------------
+
+# ARCHITECTURE.md section 5, the admin routes.
+ADMIN_ROUTES = {
+    "GET /admin/compensations",
+    "GET /admin/compensations/{compensation_id}",
+    "POST /admin/compensations/{compensation_id}/retry",
+    "POST /admin/compensations/{compensation_id}/resolve",
+    "GET /admin/orders/{order_id}",
+}
+ROOT = TEMPLATE_PATH.parent
+
+
+def test_every_admin_route_of_the_contract_exists_and_requires_iam(resources: dict[str, Any]) -> None:
+    routes = {route: props for route, props in _routes(resources).items() if " /admin" in route}
+
+    assert set(routes) == ADMIN_ROUTES
+    for route, props in routes.items():
+        # IAM-less access is denied by API Gateway itself: an unsigned request never reaches the function.
+        assert props.get("Auth", {}).get("Authorizer") == "AWS_IAM", route
+    admin_events = resources["AdminFunction"]["Properties"]["Events"].values()
+    assert {f"{e['Properties']['Method']} {e['Properties']['Path']}" for e in admin_events} == ADMIN_ROUTES
+
+
+def test_no_route_falls_back_to_an_open_default_authorizer(resources: dict[str, Any]) -> None:
+    api_auth = resources["CheckoutHttpApi"]["Properties"]["Auth"]
+
+    # Routes without their own Auth are the customer routes; nothing under /admin may rely on a default.
+    assert "DefaultAuthorizer" not in api_auth
+    for route, props in _routes(resources).items():
+        if "Auth" not in props:
+            assert route in {"POST /checkout/confirm", "GET /orders/{order_id}"}, route
+
+
+def test_dlq_processor_takes_the_queue_in_batches_reporting_item_failures(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    function = resources["DlqProcessorFunction"]["Properties"]
+    [event] = function["Events"].values()
+
+    assert function["CodeUri"] == "functions/dlq_processor/"
+    assert _function_timeout(template, resources["DlqProcessorFunction"]) == 30
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["FailedCompensationsQueue", "Arn"]}
+    assert event["Properties"]["BatchSize"] == 10
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_queue_visibility_timeout_is_six_times_the_processor_timeout(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    visibility = resources["FailedCompensationsQueue"]["Properties"]["VisibilityTimeout"]
+    timeout = _function_timeout(template, resources["DlqProcessorFunction"])
+
+    assert visibility >= 6 * timeout
+
+
+def test_a_retry_lease_ends_before_the_message_is_delivered_again(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    runtime = pytest.importorskip("checkout.runtime")
+    timeout = _function_timeout(template, resources["DlqProcessorFunction"])
+    visibility = resources["FailedCompensationsQueue"]["Properties"]["VisibilityTimeout"]
+
+    assert runtime.COMPENSATION_RETRY_LEASE_SECONDS <= timeout < visibility
+
+
+def test_failed_compensation_records_can_never_be_deleted_by_a_function(resources: dict[str, Any]) -> None:
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        for policy in function["Properties"].get("Policies", []):
+            if isinstance(policy, dict) and "DynamoDBCrudPolicy" in policy:
+                assert policy["DynamoDBCrudPolicy"]["TableName"] != {"Ref": "FailedCompensationsTable"}, name
+
+
+def _alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: res["Properties"] for name, res in _of_type(resources, "AWS::CloudWatch::Alarm").items()}
+
+
+def test_every_alarm_notifies_the_alerts_topic_when_it_fires_and_when_it_clears(resources: dict[str, Any]) -> None:
+    alarms = _alarms(resources)
+    assert alarms
+
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], name
+        assert alarm["OKActions"] == [{"Ref": "AlertsTopic"}], name
+        assert alarm["TreatMissingData"] == "notBreaching", name
+        assert "docs/runbook.md#" in alarm["AlarmDescription"], name
+
+
+def test_every_function_has_an_errors_alarm(resources: dict[str, Any]) -> None:
+    watched = {
+        alarm["Dimensions"][0]["Value"]["Ref"]
+        for alarm in _alarms(resources).values()
+        if (alarm["Namespace"], alarm["MetricName"]) == ("AWS/Lambda", "Errors")
+    }
+
+    assert watched == set(_of_type(resources, "AWS::Serverless::Function"))
+
+
+def test_dlq_with_any_message_raises_an_alarm(resources: dict[str, Any]) -> None:
+    [alarm] = [a for a in _alarms(resources).values() if a["MetricName"] == "ApproximateNumberOfMessagesVisible"]
+
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedCompensationsDLQ", "QueueName"]}}
+    ]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+@pytest.mark.parametrize("metric", ["CompensationFailed", "CaptureRetriesExhausted"])
+def test_saga_metric_alarms_match_what_powertools_emits(
+    resources: dict[str, Any], template: dict[str, Any], metric: str
+) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    [alarm] = [a for a in _alarms(resources).values() if a["MetricName"] == metric]
+
+    # Powertools Metrics publishes under POWERTOOLS_METRICS_NAMESPACE with a `service` dimension
+    # taken from POWERTOOLS_SERVICE_NAME; an alarm on any other dimension set never sees a datapoint.
+    assert alarm["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"], alarm["Statistic"]) == ("GreaterThanThreshold", 0, "Sum")
+
+
+def _dashboard(resources: dict[str, Any]) -> dict[str, Any]:
+    [dashboard] = _of_type(resources, "AWS::CloudWatch::Dashboard").values()
+    # The body is JSON once Fn::Sub has filled in ${...}; any value will do to check its shape.
+    loaded: dict[str, Any] = json.loads(
+        re.sub(r"\$\{[^}]+\}", "placeholder", dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    )
+    return loaded
+
+
+def _dashboard_metrics(resources: dict[str, Any]) -> set[tuple[str, str]]:
+    found = set()
+    for widget in _dashboard(resources)["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if isinstance(line[0], str) and line[0] != "...":
+                found.add((line[0], line[1]))
+    return found
+
+
+def test_dashboard_shows_the_plans_kpis(resources: dict[str, Any]) -> None:
+    metrics = _dashboard_metrics(resources)
+    expressions = [
+        item["expression"]
+        for widget in _dashboard(resources)["widgets"]
+        for line in widget["properties"].get("metrics", [])
+        for item in line
+        if isinstance(item, dict) and "expression" in item
+    ]
+
+    # saga success rate
+    assert {("Checkout", m) for m in ("CheckoutConfirmed", "CapturePending", "AuthorizeOutcomeUnknown")} <= metrics
+    # compensation failure rate, average resolution time
+    assert {("Checkout", "CompensationFailed"), ("Checkout", "OrdersCompensated")} <= metrics
+    assert ("Checkout", "CompensationResolutionSeconds") in metrics
+    # alert volume, DLQ depth, backlog of due captures
+    assert ("AWS/SNS", "NumberOfMessagesPublished") in metrics
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in metrics
+    assert ("Checkout", "CaptureBacklog") in metrics
+    assert len(expressions) >= 2
+
+
+def test_every_checkout_metric_the_template_watches_is_emitted_by_the_code(resources: dict[str, Any]) -> None:
+    sources = [*(ROOT / "layers" / "shared" / "checkout").glob("*.py"), *(ROOT / "functions").rglob("*.py")]
+    code = "\n".join(path.read_text() for path in sources)
+    watched = {name for namespace, name in _dashboard_metrics(resources) if namespace == "Checkout"}
+    watched |= {a["MetricName"] for a in _alarms(resources).values() if a["Namespace"] == "Checkout"}
+
+    # A misspelt metric name gives an alarm that never fires and a dashboard line that stays empty.
+    assert {name for name in watched if f'"{name}"' not in code} == set()
 
 
 # --- workers --------------------------------------------------------------------------------------

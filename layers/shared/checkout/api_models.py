@@ -1,4 +1,4 @@
-"""Request bodies of the checkout HTTP API, validated by the resolver (they also shape docs/openapi.json)."""
+"""Request bodies of the HTTP APIs (checkout, admin), validated by the resolvers; they also shape docs/*openapi.json."""
 
 from __future__ import annotations
 
@@ -41,3 +41,39 @@ class ConfirmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     payment_method: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+# Admin API (operators) --------------------------------------------------------------------------
+MAX_NOTE_LENGTH = 2000
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(
+        min_length=1,
+        max_length=MAX_NOTE_LENGTH,
+        description="what was done at the provider or warehouse to settle it (kept on the record)",
+    )
+
+    @field_validator("note")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say what was done, it cannot be blank")
+        return value.strip()
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(
+        default=None, min_length=1, max_length=MAX_NOTE_LENGTH, description="why it is retried (kept on the record)"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of both APIs (section 5)."""
+
+    error: str = Field(description="machine-readable code, e.g. compensation_not_found")
+    message: str = Field(description="what went wrong, for a person")

@@ -80,10 +80,11 @@ class Compensator:
             steps.errors.append(f"void: {voided.error}")
             steps.provider_fault = True
         if order.reservation_id:
+            release_attempt = order.key_attempt(Step.RELEASE)
             try:
                 self._warehouse.release(
                     order.reservation_id,
-                    idempotency_key=idempotency_key(order.order_id, Step.RELEASE),
+                    idempotency_key=idempotency_key(order.order_id, Step.RELEASE, release_attempt),
                     timeout=deadline.call_timeout(self._warehouse_timeout),
                 )
             except WarehouseRejected as exc:
@@ -93,6 +94,10 @@ class Compensator:
             except (WarehouseError, OutOfTime) as exc:
                 steps.failed.append(OperationType.RELEASE_RESERVATION)
                 steps.errors.append(f"release: {exc}")
+                if not isinstance(exc, OutOfTime):
+                    # The warehouse replays a stored 5xx under the same key forever; releasing is idempotent by
+                    # nature (a released reservation answers "released"), so the next try may use a new key.
+                    steps.key_attempts[Step.RELEASE] = release_attempt + 1
         return steps
 
     def record(self, order: Order, steps: CompensationSteps) -> FailedCompensation | None:

@@ -13,11 +13,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from checkout.compensation import Compensator
 from checkout.deadline import Deadline
-from checkout.failed_compensations import FailedCompensation, FailedCompensationLedger, RecordStatus
+from checkout.failed_compensations import FailedCompensation, FailedCompensationLedger, OperationType, RecordStatus
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState
 
+# Which open steps leave a payment to settle (void, or refund of a capture) and which a reservation to release.
+PAYMENT_STEPS = frozenset({OperationType.VOID_AUTHORIZATION, OperationType.REFUND, OperationType.ORDER_COMPENSATION})
+RELEASE_STEPS = frozenset({OperationType.RELEASE_RESERVATION, OperationType.ORDER_COMPENSATION})
 # A deferred message waits this long before its next delivery, so a busy batch does not spin on it.
 DEFER_DELAY_SECONDS = 30
 # Orders a resolution re-reads before giving up on a concurrent writer (each loss means someone moved it).
@@ -105,7 +108,7 @@ class CompensationRetrier:
         saga: Saga,
         compensator: Compensator,
         clock: Callable[[], float],
-        payment_timeout: float,
+        call_budget_seconds: float,
         stale_saga_seconds: int,
         lease_seconds: int,
     ) -> None:
@@ -114,7 +117,8 @@ class CompensationRetrier:
         self._saga = saga
         self._compensator = compensator
         self._clock = clock
-        self._payment_timeout = payment_timeout
+        # One void (or refund) and one release: what a try needs, or it would burn a delivery half-done.
+        self._call_budget = call_budget_seconds
         self._stale = stale_saga_seconds
         self._lease = lease_seconds
 
@@ -138,7 +142,7 @@ class CompensationRetrier:
         if not record.is_open:
             logger.info("record already resolved; nothing to do", extra=context)
             return MessageResult(MessageOutcome.ALREADY_RESOLVED, compensation_id, record)
-        if not deadline.has_time_for(self._payment_timeout):
+        if not deadline.has_time_for(self._call_budget):
             return self._defer(record, context)
         claimed = self._ledger.claim(record, owner=message_id, lease_seconds=self._lease)
         if claimed is None:
@@ -148,7 +152,10 @@ class CompensationRetrier:
             # Another delivery holds the lease and has its own message in flight: that one carries the retry.
             logger.info("another processor is retrying this record; dropping the duplicate", extra=context)
             return MessageResult(MessageOutcome.IN_PROGRESS, compensation_id, current)
-        return self._retry(claimed, deadline, context)
+        # SQS moves the message to the DLQ instead of delivering it again once it was received maxReceiveCount
+        # (= max_retries) times; a failure now is the record's last automatic try.
+        last_delivery = receive_count is not None and receive_count >= record.max_retries
+        return self._retry(claimed, deadline, context, last_delivery=last_delivery)
 
     def _defer(self, record: FailedCompensation, context: dict[str, Any]) -> MessageResult:
         """Too little time for a provider call: re-queue a fresh message instead of burning a delivery.
@@ -164,19 +171,32 @@ class CompensationRetrier:
         logger.info("out of time for this message; re-queued for a later try", extra=context)
         return MessageResult(MessageOutcome.DEFERRED, record.id, record)
 
-    def _retry(self, record: FailedCompensation, deadline: Deadline, context: dict[str, Any]) -> MessageResult:
+    def _retry(
+        self, record: FailedCompensation, deadline: Deadline, context: dict[str, Any], *, last_delivery: bool
+    ) -> MessageResult:
         order = self._store.get_order(record.order_id)
         if order is None:
-            return self._failed(record, "the record's order does not exist", record.key_attempts, context)
+            return self._failed(
+                record,
+                "the record's order does not exist",
+                record.key_attempts,
+                list(record.steps_to_retry()),
+                context,
+                last_delivery=last_delivery,
+            )
         attempt = self._order_for_retry(order, record)
         steps = self._compensator.run_steps(
             attempt,
             deadline,
             # Stripe's search can lag by about a minute: an empty answer is trusted only for an old order.
             trust_empty_search=self._clock() - order.created_at_epoch >= self._stale,
+            # Only the release left: an earlier try voided (or refunded) it, so no void is sent again.
+            nothing_held=not record.steps_to_retry() & PAYMENT_STEPS,
         )
         if not steps.ok:
-            return self._failed(record, steps.error, steps.key_attempts, context)
+            return self._failed(
+                record, steps.error, steps.key_attempts, steps.failed, context, last_delivery=last_delivery
+            )
         reason = f"compensation retried by the dlq_processor ({record.id})"
         mark_order_compensated(
             self._store,
@@ -184,7 +204,8 @@ class CompensationRetrier:
             order.order_id,
             reason=reason,
             key_attempts=steps.key_attempts,
-            refund_id=steps.refund_id,
+            # A release-only retry learns no refund: keep the one an earlier try recorded.
+            refund_id=steps.refund_id or order.refund_id,
             authorization_id=steps.authorization_id,
         )
         resolved = self._ledger.resolve(record.id, by="dlq_processor", key_attempts=steps.key_attempts)
@@ -199,18 +220,32 @@ class CompensationRetrier:
 
     @staticmethod
     def _order_for_retry(order: Order, record: FailedCompensation) -> Order:
-        """The order as the steps must see it: the furthest key attempts known, and the intent the record names."""
+        """The order as the steps must see it: the furthest key attempts known, the intent the record names,
+        and no reservation once only the payment is left (a release that went through is not sent again)."""
         keys = dict(order.key_attempts)
         for step, attempt in record.key_attempts.items():
             keys[step] = max(keys.get(step, 1), attempt)
-        return order.model_copy(
-            update={"key_attempts": keys, "authorization_id": order.authorization_id or record.authorization_id}
-        )
+        update: dict[str, Any] = {
+            "key_attempts": keys,
+            "authorization_id": order.authorization_id or record.authorization_id,
+        }
+        if not record.steps_to_retry() & RELEASE_STEPS:
+            update["reservation_id"] = None
+        return order.model_copy(update=update)
 
     def _failed(
-        self, record: FailedCompensation, error: str, key_attempts: dict[str, int], context: dict[str, Any]
+        self,
+        record: FailedCompensation,
+        error: str,
+        key_attempts: dict[str, int],
+        open_steps: list[OperationType],
+        context: dict[str, Any],
+        *,
+        last_delivery: bool,
     ) -> MessageResult:
-        updated = self._ledger.record_attempt_failure(record, error=error, key_attempts=key_attempts)
+        updated = self._ledger.record_attempt_failure(
+            record, error=error, key_attempts=key_attempts, open_steps=open_steps, last_delivery=last_delivery
+        )
         if updated is None:
             current = self._ledger.get(record.id)
             if current is not None and not current.is_open:

@@ -56,6 +56,8 @@ class FailedCompensation(BaseModel):
     # Payment key attempts learnt by retries: an order in COMPENSATION_FAILED cannot be written until it is
     # COMPENSATED, so the record carries them, or a retry would replay a stored 5xx under an old key forever.
     key_attempts: dict[str, int] = {}
+    # The steps a retry still has to do, once a retry got part of the way (empty: what operation_type names).
+    open_steps: list[OperationType] = []
     actions: list[dict[str, str]] = []
     # A processor's lease on the record while it retries: two deliveries never work one record at once.
     lease_owner: str | None = None
@@ -64,6 +66,9 @@ class FailedCompensation(BaseModel):
     @property
     def is_open(self) -> bool:
         return self.status is not RecordStatus.RESOLVED
+
+    def steps_to_retry(self) -> frozenset[OperationType]:
+        return frozenset(self.open_steps or [self.operation_type])
 
     def public_view(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"lease_owner", "lease_until"})
@@ -218,22 +223,30 @@ class FailedCompensationLedger:
         )
 
     def record_attempt_failure(
-        self, record: FailedCompensation, *, error: str, key_attempts: dict[str, int]
+        self,
+        record: FailedCompensation,
+        *,
+        error: str,
+        key_attempts: dict[str, int],
+        open_steps: list[OperationType],
+        last_delivery: bool = False,
     ) -> FailedCompensation | None:
         """Count one failed retry: `retrying`, or `failed` once retry_count reaches max_retries.
 
-        Conditional on the retry_count read, so two writers never count one attempt twice; None when the
-        record was resolved or counted meanwhile (the caller re-reads).
+        `last_delivery` (the message was received maxReceiveCount times, so SQS moves it to the DLQ next) also
+        makes it `failed`: a delivery lost to a crash counts for SQS but not here, and the record must not
+        stay `retrying` with its message parked. Conditional on the retry_count read, so two writers never
+        count one attempt twice; None when the record was resolved or counted meanwhile (the caller re-reads).
         """
         count = record.retry_count + 1
         # A record once `failed` stays `failed` while redriven tries fail: its one alert has gone out.
-        used_up = count >= record.max_retries or record.status is RecordStatus.FAILED
+        used_up = count >= record.max_retries or last_delivery or record.status is RecordStatus.FAILED
         status = RecordStatus.FAILED if used_up else RecordStatus.RETRYING
         now = iso(self._clock())
         return self._update(
             record.id,
             "SET retry_count = :count, #status = :status, error_message = :error, key_attempts = :keys, "
-            "updated_at = :now, last_attempt_at = :now REMOVE lease_owner, lease_until",
+            "open_steps = :steps, updated_at = :now, last_attempt_at = :now REMOVE lease_owner, lease_until",
             "attribute_exists(id) AND #status <> :resolved AND retry_count = :expected",
             {
                 ":count": {"N": str(count)},
@@ -241,6 +254,7 @@ class FailedCompensationLedger:
                 ":status": {"S": status.value},
                 ":error": {"S": error[:2000] or "unknown error"},
                 ":keys": serialize(key_attempts),
+                ":steps": serialize([step.value for step in open_steps]),
                 ":now": {"S": now},
             },
         )

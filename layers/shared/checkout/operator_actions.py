@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from checkout.api_models import MAX_NOTE_LENGTH
 from checkout.compensation_retries import mark_order_compensated, seconds_between
 from checkout.errors import CheckoutError, OrderNotFound, ValidationFailed
 from checkout.failed_compensations import (
@@ -25,7 +26,6 @@ from checkout.saga import Saga, iso
 
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
-MAX_NOTE_LENGTH = 2000
 # Without a status filter, one Query per status in this order: what needs a person first.
 LISTING_ORDER = (RecordStatus.FAILED, RecordStatus.RETRYING, RecordStatus.PENDING, RecordStatus.RESOLVED)
 
@@ -128,12 +128,13 @@ class OperatorActions:
             raise CompensationNotFound(f"no failed compensation {compensation_id}")
         return record
 
-    def retry(self, compensation_id: str, *, by: str) -> FailedCompensation:
+    def retry(self, compensation_id: str, *, by: str, note: str | None = None) -> FailedCompensation:
         """Queue the record again for the dlq_processor and mark it `pending`; 409 once it is resolved."""
+        note = _checked_note(note) if note is not None else None
         record = self.show(compensation_id)
         if not record.is_open:
             raise CompensationResolved(f"{compensation_id} was resolved at {record.resolved_at}")
-        action = action_entry("retry", by=by, at=iso(self._clock()))
+        action = action_entry("retry", by=by, at=iso(self._clock()), note=note)
         try:
             updated = self._ledger.requeue(compensation_id, action=action)
         except (ClientError, BotoCoreError) as exc:
@@ -141,16 +142,15 @@ class OperatorActions:
             raise QueueUnavailable("the failed-compensations queue refused the message; try again") from exc
         if updated is None:
             raise CompensationResolved(f"{compensation_id} was resolved meanwhile")
-        logger.info("operator re-queued a failed compensation", extra={"compensation_id": compensation_id, "by": by})
+        logger.info(
+            "operator re-queued a failed compensation",
+            extra={"compensation_id": compensation_id, "order_id": record.order_id, "by": by, "note": note},
+        )
         return updated
 
     def resolve(self, compensation_id: str, *, by: str, note: str) -> FailedCompensation:
         """Close a record by hand (after fixing it at the provider) and move its order to COMPENSATED."""
-        note = note.strip()
-        if not note:
-            raise ValidationFailed("note: must say what was done, it cannot be empty")
-        if len(note) > MAX_NOTE_LENGTH:
-            raise ValidationFailed(f"note: at most {MAX_NOTE_LENGTH} characters")
+        note = _checked_note(note)
         record = self.show(compensation_id)
         if not record.is_open:
             raise CompensationResolved(f"{compensation_id} was resolved at {record.resolved_at}")
@@ -180,3 +180,12 @@ class OperatorActions:
         view = order.model_dump(mode="json", by_alias=True, exclude={"lease_owner", "lease_until"})
         view["compensations"] = [record.public_view() for record in self._ledger.for_order(order_id)]
         return view
+
+
+def _checked_note(note: str) -> str:
+    note = note.strip()
+    if not note:
+        raise ValidationFailed("note: must say what was done, it cannot be empty")
+    if len(note) > MAX_NOTE_LENGTH:
+        raise ValidationFailed(f"note: at most {MAX_NOTE_LENGTH} characters")
+    return note

@@ -172,7 +172,7 @@ class Runtime:
             saga=self.saga,
             compensator=self.compensator,
             clock=self.clock,
-            payment_timeout=self.settings.payment_timeout_seconds,
+            call_budget_seconds=self.settings.payment_timeout_seconds + self.settings.warehouse_timeout_seconds,
             stale_saga_seconds=self.settings.stale_saga_seconds,
             lease_seconds=COMPENSATION_RETRY_LEASE_SECONDS,
         )
