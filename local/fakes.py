@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -585,15 +586,17 @@ def serve_main(factory: Callable[[int, bool], FakeServer], default_port: int, ar
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     fake = factory(args.port, args.verbose).start()
-    done = threading.Event()
+    # A plain flag: Event.set() in a signal handler can deadlock against the main thread's Event.wait().
+    stopping: list[int] = []
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        done.set()
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     print(f"{fake.name} listening on {fake.url}", flush=True)
     try:
-        done.wait()
+        while not stopping:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

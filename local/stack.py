@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -542,10 +542,12 @@ def parse_args(argv: Sequence[str] | None) -> StackOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
-    done = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in the main thread, and Event.set() there can
+    # deadlock on the lock the main thread holds inside Event.wait() when the signal lands.
+    stopping: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
+        stopping.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -556,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(stack.banner(), flush=True)
-    while not done.wait(0.5):
-        pass
+    while not stopping:
+        time.sleep(0.2)
     print("stopping: front, schedules, pollers, fakes, moto ...", flush=True)
     stack.stop()
     print("stopped", flush=True)
