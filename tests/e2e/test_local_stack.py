@@ -159,3 +159,24 @@ def test_make_demo_starts_its_own_stack_when_none_answers(tmp_path: Path) -> Non
     assert "PASSED" in output
     assert "provider ledger" in output
     assert "authorized  captured  voided" in output
+
+
+def test_enabled_schedules_fire_by_themselves_on_the_local_period(
+    local_api: LocalApi, local_stack: StackProcess
+) -> None:
+    scheduled = [
+        f["logical_id"]
+        for f in local_api.info.functions
+        if any(t["type"] in ("Schedule", "ScheduleV2") and t["enabled"] for t in f["triggers"])
+    ]
+    if not scheduled:
+        pytest.skip("template.yaml has no enabled schedule")
+
+    deadline = time.monotonic() + 30
+    fired: set[str] = set()
+    while time.monotonic() < deadline and fired != set(scheduled):
+        lines = [line for line in local_stack.log().splitlines() if " schedule rate(" in line]
+        fired = {name for name in scheduled if any(f" {name} " in line for line in lines)}
+        time.sleep(0.5)
+
+    assert fired == set(scheduled)
