@@ -437,7 +437,7 @@ def _trigger_text(trigger: dict[str, Any], period: float) -> str:
     if kind == "HttpApi":
         return f"HTTP {trigger['route']}{' (AWS_IAM)' if trigger['iam'] else ''}"
     if kind in ("Schedule", "ScheduleV2"):
-        state = f"every {period:g} s locally" if trigger["enabled"] else "disabled in the template"
+        state = f"every {period:g} s locally" if trigger["enabled"] else "disabled (by the template and its parameters)"
         return f"{kind} {trigger['expression']} -> {state}; POST /_local/run/<name> runs it now"
     if kind == "SQS":
         failures = ", ReportBatchItemFailures" if trigger["report_batch_item_failures"] else ""
