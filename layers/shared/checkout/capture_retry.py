@@ -12,7 +12,7 @@ from checkout.charges import Charges, Outcome, StepResult
 from checkout.deadline import Deadline
 from checkout.observability import logger
 from checkout.orders import Order, OrderStore
-from checkout.saga import ConcurrentUpdate, Saga, SagaState, Step, WorkQueue
+from checkout.saga import Saga, SagaState, Step, WorkQueue
 from checkout.workers import RunBudget, RunCircuit, RunSummary, drain, settle
 
 S = SagaState
@@ -76,15 +76,7 @@ class CaptureRetryWorker:
         failed: list[_Failed] = []
         failed_lock = threading.Lock()
 
-        def capture(order: Order) -> None:
-            if budget.circuit.is_open:
-                summary.count("skipped")
-                return
-            try:
-                claimed = self._saga.claim(order, owner=owner, lease_seconds=budget.lease_seconds())
-            except ConcurrentUpdate:
-                summary.count("skipped")  # another run has it, or it moved since the index was read
-                return
+        def capture(claimed: Order) -> None:
             result = self._charges.capture(claimed, budget.deadline)
             budget.circuit.record(provider_fault=result.provider_fault and result.outcome is not Outcome.CAPTURED)
             if result.outcome is Outcome.CAPTURED:
@@ -102,6 +94,8 @@ class CaptureRetryWorker:
         drain(
             self._store.due(WorkQueue.CAPTURE, int(self._clock())),
             capture,
+            saga=self._saga,
+            owner=owner,
             budget=budget,
             summary=summary,
             concurrency=self._concurrency,

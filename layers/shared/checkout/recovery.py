@@ -21,7 +21,7 @@ from checkout.compensation import CompensationSteps, Compensator
 from checkout.deadline import Deadline
 from checkout.observability import logger
 from checkout.orders import Order, OrderStore
-from checkout.saga import ConcurrentUpdate, Saga, SagaState, WorkQueue
+from checkout.saga import Saga, SagaState, WorkQueue
 from checkout.workers import RunBudget, RunCircuit, RunSummary, drain, settle
 
 S = SagaState
@@ -72,20 +72,12 @@ class CompensationWorker:
         deferred: list[_Deferred] = []
         deferred_lock = threading.Lock()
 
-        def handle(order: Order) -> None:
-            if budget.circuit.is_open:
-                summary.count("skipped")
-                return
-            try:
-                claimed = self._saga.claim(order, owner=owner, lease_seconds=budget.lease_seconds())
-            except ConcurrentUpdate:
-                summary.count("skipped")
-                return
+        def handle(claimed: Order) -> None:
             if claimed.saga_state is not S.CAPTURE_FAILED:
                 summary.count(RECOVERED)
                 logger.info(
                     "stale saga taken over by recovery",
-                    extra={"order_id": order.order_id, "saga_state": claimed.saga_state, "since": order.updated_at},
+                    extra={"order_id": claimed.order_id, "saga_state": claimed.saga_state, "since": claimed.updated_at},
                 )
             if claimed.saga_state in ROLL_FORWARD:
                 self._saga.move(
@@ -105,7 +97,7 @@ class CompensationWorker:
 
         now = int(self._clock())
         due = itertools.chain(self._store.due(WorkQueue.COMPENSATION, now), self._store.due(WorkQueue.RECOVERY, now))
-        drain(due, handle, budget=budget, summary=summary, concurrency=self._concurrency)
+        drain(due, handle, saga=self._saga, owner=owner, budget=budget, summary=summary, concurrency=self._concurrency)
         outage = budget.circuit.is_open
         for item in deferred:
             settle(functools.partial(self._settle_into, summary, item, outage=outage), item.order, summary)

@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order
-from checkout.saga import ConcurrentUpdate
+from checkout.saga import ConcurrentUpdate, Saga
 
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
@@ -131,14 +131,29 @@ def drain(
     orders: Iterable[Order],
     task: Callable[[Order], None],
     *,
+    saga: Saga,
+    owner: str,
     budget: RunBudget,
     summary: RunSummary,
     concurrency: int,
 ) -> None:
-    """Run `task` on each order with at most `concurrency` in flight; stop taking orders once the budget says so.
+    """Claim each order and run `task` on the claimed order, at most `concurrency` at once; stop taking orders
+    once the budget says so. An order another actor holds or moved is skipped.
 
     Orders are read lazily, so a run that stops early reads no further page of the index.
     """
+
+    def claim_then(order: Order) -> None:
+        if budget.circuit.is_open:
+            summary.count("skipped")
+            return
+        try:
+            claimed = saga.claim(order, owner=owner, lease_seconds=budget.lease_seconds())
+        except ConcurrentUpdate:
+            summary.count("skipped")  # another run has it, or it moved since the index was read
+            return
+        task(claimed)
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=summary.worker) as pool:
         in_flight: set[Future[None]] = set()
         for order in orders:
@@ -150,7 +165,7 @@ def drain(
                 summary.stopped_early = reason
                 break
             summary.due += 1
-            in_flight.add(pool.submit(_guarded, task, order, summary))
+            in_flight.add(pool.submit(_guarded, claim_then, order, summary))
         _collect(wait(in_flight).done)
     summary.circuit = budget.circuit.state
 
