@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -15,19 +16,25 @@ S = SagaState
 
 
 class CountingDynamoDB:
-    """moto's DynamoDB, counting each operation and the items every Query and Scan read (ScannedCount)."""
+    """moto's DynamoDB, counting each operation, the items every Query and Scan read (ScannedCount) and the time."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.calls: Counter[str] = Counter()
         self.items_read = 0
+        # Time spent in calls, waiting included: how much of a run the emulator itself took.
+        self.seconds = 0.0
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._client, name)
 
         def call(**kwargs: Any) -> Any:
             self.calls[name] += 1
-            answer = real(**kwargs)
+            started = time.perf_counter()
+            try:
+                answer = real(**kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
             if name in ("query", "scan"):
                 self.items_read += int(answer.get("ScannedCount", 0))
             return answer
