@@ -1,27 +1,24 @@
 """admin: failed compensations (list, show, retry, resolve by hand) and orders, for operators (IAM auth)."""
 
-import base64
-import json
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from checkout.api_models import ErrorBody, ResolveRequest, RetryRequest
-from checkout.errors import CheckoutError, PayloadTooLarge
+from checkout.errors import CheckoutError
 from checkout.failed_compensations import RecordStatus
+from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
 from checkout.observability import logger, metrics, tracer
 from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from checkout.runtime import runtime
 
-MAX_BODY_BYTES = 64 * 1024
-
 app = APIGatewayHttpResolver(enable_validation=True)
+answer_errors_as_json(app)
 
 
 def _answers(success: tuple[int, str], *errors: tuple[int, str]) -> dict[int, OpenAPIResponse]:
@@ -36,10 +33,6 @@ class NoIamCaller(CheckoutError):
     """Defence in depth: every /admin route is IAM-authorized in the template, so this means misconfiguration."""
 
     status, code = 403, "forbidden"
-
-
-def _json(status: int, body: dict[str, Any]) -> Response[str]:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
 
 
 def _operator() -> str:
@@ -63,7 +56,7 @@ def list_compensations(
 ) -> Response[str]:
     _operator()
     page = runtime().operator_actions.list_records(status=status, limit=limit, cursor=cursor)
-    return _json(HTTPStatus.OK, page.body())
+    return json_response(HTTPStatus.OK, page.body())
 
 
 @app.get(
@@ -74,7 +67,7 @@ def list_compensations(
 @tracer.capture_method
 def get_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
     _operator()
-    return _json(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
+    return json_response(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
 
 
 @app.post(
@@ -94,7 +87,7 @@ def retry_compensation(
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> Response[str]:
     record = runtime().operator_actions.retry(compensation_id, by=_operator(), note=body.note if body else None)
-    return _json(HTTPStatus.ACCEPTED, record.public_view())
+    return json_response(HTTPStatus.ACCEPTED, record.public_view())
 
 
 @app.post(
@@ -113,7 +106,7 @@ def resolve_compensation(
     body: Annotated[ResolveRequest, Body()],
 ) -> Response[str]:
     record = runtime().operator_actions.resolve(compensation_id, by=_operator(), note=body.note)
-    return _json(HTTPStatus.OK, record.public_view())
+    return json_response(HTTPStatus.OK, record.public_view())
 
 
 @app.get(
@@ -124,35 +117,7 @@ def resolve_compensation(
 @tracer.capture_method
 def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
     _operator()
-    return _json(HTTPStatus.OK, runtime().operator_actions.order(order_id))
-
-
-@app.exception_handler(CheckoutError)
-def _checkout_error(exc: CheckoutError) -> Response[str]:
-    logger.info("request refused", extra={"error": exc.code, "detail": exc.message})
-    return _json(exc.status, exc.body())
-
-
-@app.exception_handler(RequestValidationError)
-def _validation_error(exc: RequestValidationError) -> Response[str]:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")) or "body"
-        problems.append(f"{where}: {err.get('msg') or err.get('type')}")
-    return _json(422, {"error": "validation_error", "message": "; ".join(problems) or "invalid request"})
-
-
-@app.exception_handler(Exception)
-def _unexpected(exc: Exception) -> Response[str]:
-    logger.exception("unhandled error")
-    return _json(500, {"error": "internal_error", "message": "something went wrong; the request can be retried"})
-
-
-def _body_size(event: dict[str, Any]) -> int:
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return len(base64.b64decode(body))
-    return len(body.encode())
+    return json_response(HTTPStatus.OK, runtime().operator_actions.order(order_id))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
@@ -161,11 +126,4 @@ def _body_size(event: dict[str, Any]) -> int:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm).
     runtime()
-    if _body_size(event) > MAX_BODY_BYTES:
-        error = PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
-        return {
-            "statusCode": error.status,
-            "headers": {"Content-Type": content_types.APPLICATION_JSON},
-            "body": json.dumps(error.body()),
-        }
-    return app.resolve(event, context)
+    return refuse_oversized(event) or app.resolve(event, context)

@@ -1,30 +1,22 @@
 """confirm_checkout: POST /checkout/sessions, POST /checkout/confirm, GET /orders/{order_id}."""
 
-import base64
-import json
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from checkout.api_models import ConfirmRequest, CreateSessionRequest
 from checkout.deadline import Deadline
-from checkout.errors import CheckoutError, PayloadTooLarge
+from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
 from checkout.observability import logger, metrics, tracer
 from checkout.orders import LineItem
 from checkout.runtime import runtime
 
-MAX_BODY_BYTES = 64 * 1024
-
 app = APIGatewayHttpResolver(enable_validation=True)
-
-
-def _json(status: int, body: dict[str, Any]) -> Response[str]:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body))
+answer_errors_as_json(app)
 
 
 def _customer(header_value: str) -> str:
@@ -47,7 +39,7 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
         deadline=Deadline.from_context(app.lambda_context),
     )
     payload = session.model_dump(mode="json", exclude={"expires_at_epoch", "created_at", "order_id"})
-    return _json(HTTPStatus.CREATED, {**payload, "status": "open"})
+    return json_response(HTTPStatus.CREATED, {**payload, "status": "open"})
 
 
 @app.post("/checkout/confirm", summary="Confirm a checkout: authorize, record, capture")
@@ -65,7 +57,7 @@ def confirm_checkout(
         idempotency_key=idempotency_key,
         deadline=Deadline.from_context(app.lambda_context),
     )
-    return _json(result.http_status, result.body())
+    return json_response(result.http_status, result.body())
 
 
 @app.get("/orders/<order_id>", summary="An order with its saga history")
@@ -75,36 +67,7 @@ def get_order(
     x_customer_id: Annotated[str, Header(min_length=1, max_length=128)],
 ) -> Response[str]:
     order = runtime().confirmer.get_order(order_id, _customer(x_customer_id))
-    return _json(HTTPStatus.OK, order.public_view())
-
-
-@app.exception_handler(CheckoutError)
-def _checkout_error(exc: CheckoutError) -> Response[str]:
-    logger.info("request refused", extra={"error": exc.code, "detail": exc.message})
-    return _json(exc.status, exc.body())
-
-
-@app.exception_handler(RequestValidationError)
-def _validation_error(exc: RequestValidationError) -> Response[str]:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        problems.append(f"{where}: {err.get('msg') or err.get('type')}")
-    message = "; ".join(problems) or "invalid request"
-    return _json(422, {"error": "validation_error", "message": message})
-
-
-@app.exception_handler(Exception)
-def _unexpected(exc: Exception) -> Response[str]:
-    logger.exception("unhandled error")
-    return _json(500, {"error": "internal_error", "message": "something went wrong; the request can be retried"})
-
-
-def _body_size(event: dict[str, Any]) -> int:
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        return len(base64.b64decode(body))
-    return len(body.encode())
+    return json_response(HTTPStatus.OK, order.public_view())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
@@ -114,11 +77,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm),
     # naming the variable, instead of turning into a 500 answer.
     runtime()
-    if _body_size(event) > MAX_BODY_BYTES:
-        error = PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
-        return {
-            "statusCode": error.status,
-            "headers": {"Content-Type": content_types.APPLICATION_JSON},
-            "body": json.dumps(error.body()),
-        }
-    return app.resolve(event, context)
+    return refuse_oversized(event) or app.resolve(event, context)
