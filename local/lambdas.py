@@ -215,3 +215,27 @@ def _compact(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)
     except (TypeError, ValueError):
         return repr(value)
+
+
+class BackgroundLoops:
+    """Daemon threads, one loop each, that share a stop flag: the scheduler's and the SQS pollers' lifecycle."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float = 30.0) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.request_stop()
+        self.join(timeout)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from local.lambdas import Invocation, InvocationLog, LocalFunction, summarize
+from local.lambdas import BackgroundLoops, Invocation, InvocationLog, LocalFunction, summarize
 from local.template_stack import TemplateStack
 
 _DISABLED = {"false", "disabled", "0", "no"}
@@ -82,7 +82,7 @@ def scheduled_triggers(stack: TemplateStack, functions: dict[str, LocalFunction]
     return triggers
 
 
-class Scheduler:
+class Scheduler(BackgroundLoops):
     """Fires every enabled schedule every `period` seconds; one run of a function at a time."""
 
     def __init__(
@@ -93,34 +93,18 @@ class Scheduler:
         period: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.triggers = triggers
         self.period = period
         self._log = log
         self._clock = clock
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         # Locally a function's runs never overlap, so the log reads in order; its leases would cope anyway.
         self._locks = {t.function.logical_id: threading.Lock() for t in triggers}
 
     def start(self) -> Scheduler:
         for index, trigger in enumerate(t for t in self.triggers if t.enabled):
-            thread = threading.Thread(
-                target=self._loop, args=(trigger, index), name=f"schedule:{trigger.function.logical_id}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(f"schedule:{trigger.function.logical_id}", self._loop, trigger, index)
         return self
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float = 30.0) -> None:
-        for thread in self._threads:
-            thread.join(timeout=timeout)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.request_stop()
-        self.join(timeout)
 
     def _loop(self, trigger: ScheduledTrigger, index: int) -> None:
         # Staggered first runs keep two workers from starting in the same instant, as on AWS.

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from local.lambdas import Invocation, InvocationLog, LocalFunction
+from local.lambdas import BackgroundLoops, Invocation, InvocationLog, LocalFunction
 from local.template_stack import TemplateStack
 
 # Lambda's default batch size for SQS, and the most one ReceiveMessage returns.
@@ -123,39 +123,22 @@ def failed_ids(result: Any, message_ids: list[str]) -> list[str] | None:
     return failed
 
 
-class SqsPoller:
+class SqsPoller(BackgroundLoops):
     """One long-polling loop per SQS event source; failed messages reappear after the visibility timeout."""
 
     def __init__(self, triggers: list[SqsTrigger], log: InvocationLog, *, sqs: Any, wait_seconds: int = 1) -> None:
+        super().__init__()
         self.triggers = triggers
         self._log = log
         self._sqs = sqs
         self._wait = wait_seconds
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._locks = {(t.function.logical_id, t.event_name): threading.Lock() for t in triggers}
 
     def start(self) -> SqsPoller:
         for trigger in self.triggers:
-            if not trigger.enabled:
-                continue
-            thread = threading.Thread(
-                target=self._loop, args=(trigger,), name=f"sqs:{trigger.function.logical_id}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            if trigger.enabled:
+                self._spawn(f"sqs:{trigger.function.logical_id}", self._loop, trigger)
         return self
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float = 30.0) -> None:
-        for thread in self._threads:
-            thread.join(timeout=timeout)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.request_stop()
-        self.join(timeout)
 
     def _loop(self, trigger: SqsTrigger) -> None:
         while not self._stop.is_set():

@@ -41,7 +41,7 @@ def test_budget_stops_when_a_payment_call_and_its_writes_no_longer_fit() -> None
     assert budget.stop_reason() is None
     remaining[0] = 19.0  # 15 s call + 3 s to write + 2 s margin do not fit
     assert budget.stop_reason() == "out_of_time"
-    assert budget.lease_seconds() == 20
+    assert budget.lease_seconds() == 19  # ends with the invocation, never after it
 
 
 def test_budget_stops_when_the_circuit_is_open() -> None:

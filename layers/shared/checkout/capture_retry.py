@@ -76,20 +76,20 @@ class CaptureRetryWorker:
         failed: list[_Failed] = []
         failed_lock = threading.Lock()
 
-        def capture(claimed: Order) -> None:
+        def capture(claimed: Order) -> str | None:
             result = self._charges.capture(claimed, budget.deadline)
             budget.circuit.record(provider_fault=result.provider_fault and result.outcome is not Outcome.CAPTURED)
             if result.outcome is Outcome.CAPTURED:
                 reason = f"captured by the retry worker (attempt {claimed.capture_attempts + 1})"
                 self._saga.move(claimed, S.CAPTURED, reason=reason)
-                summary.count(CAPTURED)
-            elif result.outcome is Outcome.CANNOT_CAPTURE:
+                return CAPTURED
+            if result.outcome is Outcome.CANNOT_CAPTURE:
                 # The intent can never be captured (canceled, expired): compensation releases what is left.
                 self._saga.move(claimed, S.CAPTURE_FAILED, reason=f"cannot capture: {result.error}"[:500])
-                summary.count(EXHAUSTED)
-            else:
-                with failed_lock:
-                    failed.append(_Failed(claimed, result))
+                return EXHAUSTED
+            with failed_lock:
+                failed.append(_Failed(claimed, result))
+            return None
 
         drain(
             self._store.due(WorkQueue.CAPTURE, int(self._clock())),
@@ -102,11 +102,8 @@ class CaptureRetryWorker:
         )
         outage = budget.circuit.is_open
         for failure in failed:
-            settle(functools.partial(self._settle_into, summary, failure, outage=outage), failure.order, summary)
+            settle(functools.partial(self._settle_failure, failure, outage=outage), failure.order, summary)
         return summary
-
-    def _settle_into(self, summary: RunSummary, failure: _Failed, *, outage: bool) -> None:
-        summary.count(self._settle_failure(failure, outage=outage))
 
     def _settle_failure(self, failure: _Failed, *, outage: bool) -> str:
         order, result = failure.order, failure.result

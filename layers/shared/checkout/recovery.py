@@ -72,7 +72,7 @@ class CompensationWorker:
         deferred: list[_Deferred] = []
         deferred_lock = threading.Lock()
 
-        def handle(claimed: Order) -> None:
+        def handle(claimed: Order) -> str | None:
             if claimed.saga_state is not S.CAPTURE_FAILED:
                 summary.count(RECOVERED)
                 logger.info(
@@ -86,25 +86,21 @@ class CompensationWorker:
                     reason=f"recovery: stale {claimed.saga_state}, rolled forward to the capture retry",
                     next_attempt_at=int(self._clock()),
                 )
-                summary.count(ROLLED_FORWARD)
-                return
+                return ROLLED_FORWARD
             outcome = self._compensate(claimed, budget)
-            if isinstance(outcome, _Deferred):
-                with deferred_lock:
-                    deferred.append(outcome)
-            else:
-                summary.count(outcome)
+            if not isinstance(outcome, _Deferred):
+                return outcome
+            with deferred_lock:
+                deferred.append(outcome)
+            return None
 
         now = int(self._clock())
         due = itertools.chain(self._store.due(WorkQueue.COMPENSATION, now), self._store.due(WorkQueue.RECOVERY, now))
         drain(due, handle, saga=self._saga, owner=owner, budget=budget, summary=summary, concurrency=self._concurrency)
         outage = budget.circuit.is_open
         for item in deferred:
-            settle(functools.partial(self._settle_into, summary, item, outage=outage), item.order, summary)
+            settle(functools.partial(self._settle, item, outage=outage), item.order, summary)
         return summary
-
-    def _settle_into(self, summary: RunSummary, item: _Deferred, *, outage: bool) -> None:
-        summary.count(self._settle(item, outage=outage))
 
     def _settle(self, item: _Deferred, *, outage: bool) -> str:
         if outage:

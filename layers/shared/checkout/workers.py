@@ -3,6 +3,8 @@ and the bounded-concurrency loop over the orders a due-index Query finds."""
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -81,9 +83,9 @@ class RunSummary:
     def __post_init__(self) -> None:
         self.counts = {outcome: 0 for outcome in (*self.outcomes, "skipped", "errors")} | self.counts
 
-    def count(self, outcome: str, n: int = 1) -> None:
+    def count(self, outcome: str) -> None:
         with self._lock:
-            self.counts[outcome] = self.counts.get(outcome, 0) + n
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -124,12 +126,12 @@ class RunBudget:
 
     def lease_seconds(self) -> int:
         """A lease ends with the invocation, so it never outlasts its function's Timeout."""
-        return max(1, int(self.deadline.remaining()) + 1)
+        return max(1, math.ceil(self.deadline.remaining()))
 
 
 def drain(
     orders: Iterable[Order],
-    task: Callable[[Order], None],
+    task: Callable[[Order], str | None],
     *,
     saga: Saga,
     owner: str,
@@ -137,22 +139,21 @@ def drain(
     summary: RunSummary,
     concurrency: int,
 ) -> None:
-    """Claim each order and run `task` on the claimed order, at most `concurrency` at once; stop taking orders
-    once the budget says so. An order another actor holds or moved is skipped.
+    """Claim each order and run `task` on the claimed order, at most `concurrency` at once, counting the outcome
+    it returns (None: settled later); stop taking orders once the budget says so. An order another actor holds
+    or moved is skipped.
 
     Orders are read lazily, so a run that stops early reads no further page of the index.
     """
 
-    def claim_then(order: Order) -> None:
+    def claim_then(order: Order) -> str | None:
         if budget.circuit.is_open:
-            summary.count("skipped")
-            return
+            return "skipped"
         try:
             claimed = saga.claim(order, owner=owner, lease_seconds=budget.lease_seconds())
         except ConcurrentUpdate:
-            summary.count("skipped")  # another run has it, or it moved since the index was read
-            return
-        task(claimed)
+            return "skipped"  # another run has it, or it moved since the index was read
+        return task(claimed)
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=summary.worker) as pool:
         in_flight: set[Future[None]] = set()
@@ -165,27 +166,25 @@ def drain(
                 summary.stopped_early = reason
                 break
             summary.due += 1
-            in_flight.add(pool.submit(_guarded, claim_then, order, summary))
+            in_flight.add(pool.submit(settle, functools.partial(claim_then, order), order, summary))
         _collect(wait(in_flight).done)
     summary.circuit = budget.circuit.state
 
 
-def _guarded(task: Callable[[Order], None], order: Order, summary: RunSummary) -> None:
-    """One order's task; an AWS error on it leaves the order leased, so it is due again once the lease ends."""
-    settle(lambda: task(order), order, summary)
-
-
-def settle(step: Callable[[], object], order: Order, summary: RunSummary) -> None:
-    """Run one order's step. An AWS error leaves the order leased, so it is due again once the lease ends;
-    losing the order to another actor (its lease ran out) is that actor's business."""
+def settle(step: Callable[[], str | None], order: Order, summary: RunSummary) -> None:
+    """Run one order's step and count the outcome it names. An AWS error leaves the order leased, so it is due
+    again once the lease ends; losing the order to another actor (its lease ran out) is that actor's business."""
     try:
-        step()
+        outcome = step()
     except ConcurrentUpdate:
         logger.warning("order was taken over by another actor; left to it", extra={"order_id": order.order_id})
         summary.count("skipped")
     except (ClientError, BotoCoreError):
         logger.exception("order left for a later run after an AWS error", extra={"order_id": order.order_id})
         summary.count("errors")
+    else:
+        if outcome is not None:
+            summary.count(outcome)
 
 
 def _collect(done: Iterable[Future[None]]) -> None:
