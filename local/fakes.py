@@ -23,6 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 type JsonObject = dict[str, Any]
 
 HOST = "127.0.0.1"
+# Stripe "may remove keys after they're at least 24 hours old" (docs.stripe.com/api/idempotent_requests); a key
+# reused after that is a new request.
+KEY_LIFETIME_SECONDS = 24 * 3600
 MAX_BODY_BYTES = 1024 * 1024
 # stop() waits up to this long for the accept loop to notice it; suites start and stop fakes per test.
 _POLL_INTERVAL = 0.01
@@ -89,6 +92,8 @@ class Call:
     args: tuple[str, ...]
     idempotency_key: str | None
     decline: bool
+    # The API version the request pinned (Stripe-Version), if any.
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,8 @@ class BadRequest(Exception):
 @dataclass(slots=True)
 class _KeyEntry:
     fingerprint: str
+    # When the key was first used, on the fake's clock: keys are forgotten after KEY_LIFETIME_SECONDS.
+    created: float = 0.0
     # None while the first request with this key is still being processed.
     result: tuple[int, JsonObject] | None = None
 
@@ -224,8 +231,10 @@ class FakeServer(ABC):
     decline_operations: ClassVar[frozenset[str]] = frozenset()
     ledger_ops: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, port: int = 0, *, verbose: bool = False) -> None:
+    def __init__(self, port: int = 0, *, verbose: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.verbose = verbose
+        # The stack's clock (the local stack's or a test's), so time-based behaviour follows `POST /_local/clock`.
+        self.clock = clock
         self._port = port
         self._lock = threading.RLock()
         self._faults: dict[str, Fault] = {}
@@ -325,7 +334,10 @@ class FakeServer(ABC):
         Faults act inside the idempotency layer: they are consumed only by calls that actually execute,
         never by a replay or an idempotency rejection. `delay` sleeps first, `status` answers that
         status without executing (cached under the key like any result), `decline` makes authorize
-        decline, `lose_response` executes and caches, then closes the socket without answering.
+        decline, `lose_response` executes and caches, then closes the socket without answering (and, while
+        the fault lasts, drops replays of that operation too: the answer is lost on the way back, whatever
+        produced it). A 429 `status` answers before the idempotency layer and is never stored, as a rate
+        limiter does (docs.stripe.com/rate-limits).
         """
         if operation not in self.operations:
             raise ValueError(f"unknown operation {operation!r}; expected one of {sorted(self.operations)}")
@@ -351,10 +363,10 @@ class FakeServer(ABC):
         with self._lock:
             return {operation: fault.to_json() for operation, fault in self._faults.items()}
 
-    def _take_fault(self, operation: str) -> Fault | None:
+    def _take_fault(self, operation: str, when: Callable[[Fault], bool] = lambda fault: True) -> Fault | None:
         with self._lock:
             fault = self._faults.get(operation)
-            if fault is None:
+            if fault is None or not when(fault):
                 return None
             taken = Fault(**fault.to_json())
             if fault.times is not None:
@@ -489,25 +501,37 @@ class FakeServer(ABC):
             params = self._parse(request)
         except BadRequest as exc:
             return exc.response, False
+        rate_limited = self._take_fault(route.operation, lambda fault: fault.status == 429)
+        if rate_limited is not None:
+            # A rate limiter answers before the idempotency layer: nothing is stored under the key.
+            limited = self._fault_response(429)
+            limited.store = False
+            return limited, False
         if key is None:
-            return self._execute(route, params, None, stopping), False
+            return self._execute(route, params, None, stopping, request.header("Stripe-Version")), False
 
         fingerprint = json.dumps([request.method, request.path, params], sort_keys=True, default=str)
         with self._lock:
             entry = self._idempotency.get(key)
+            if entry is not None and entry.result is not None and self.clock() - entry.created > KEY_LIFETIME_SECONDS:
+                del self._idempotency[key]
+                entry = None
             if entry is not None:
                 if entry.result is None:
                     return self._key_in_use(key), False
                 if entry.fingerprint != fingerprint:
                     return self._key_reused(key), False
                 status, body = entry.result
-                return Response(status, copy.deepcopy(body), headers={"Idempotent-Replayed": "true"}), True
-            entry = _KeyEntry(fingerprint)
+                replay = Response(status, copy.deepcopy(body), headers={"Idempotent-Replayed": "true"})
+                if self._take_fault(route.operation, lambda fault: fault.lose_response) is not None:
+                    replay.drop = True
+                return replay, True
+            entry = _KeyEntry(fingerprint, created=self.clock())
             self._idempotency[key] = entry
 
         response: Response | None = None
         try:
-            response = self._execute(route, params, key, stopping)
+            response = self._execute(route, params, key, stopping, request.header("Stripe-Version"))
         finally:
             with self._lock:
                 # reset() may have dropped the entry meanwhile; never resurrect it.
@@ -518,7 +542,9 @@ class FakeServer(ABC):
                         del self._idempotency[key]
         return response, False
 
-    def _execute(self, route: Route, params: Any, key: str | None, stopping: threading.Event) -> Response:
+    def _execute(
+        self, route: Route, params: Any, key: str | None, stopping: threading.Event, version: str | None = None
+    ) -> Response:
         fault = self._take_fault(route.operation)
         if fault is not None and fault.delay > 0 and stopping.wait(fault.delay):
             # Stopped while asleep: behave like a provider that died mid-request.
@@ -526,7 +552,7 @@ class FakeServer(ABC):
         if fault is not None and fault.status is not None:
             response = self._fault_response(fault.status)
         else:
-            call = Call(params, route.args, key, decline=fault is not None and fault.decline)
+            call = Call(params, route.args, key, decline=fault is not None and fault.decline, version=version)
             with self._lock:
                 response = route.handler(call)
         if fault is not None and fault.lose_response:
@@ -551,7 +577,14 @@ class FakeServer(ABC):
                 self.reset()
                 return Response(200, {"reset": True})
             case _:
+                extra = self._control_extra(request)
+                if extra is not None:
+                    return extra
                 return self._error(404, "not_found", f"No control endpoint {request.method} {request.path}.")
+
+    def _control_extra(self, request: Request) -> Response | None:
+        """A provider's own test-only endpoints; None when it has no such endpoint."""
+        return None
 
     def _control_inject(self, request: Request) -> Response:
         try:

@@ -133,7 +133,9 @@ class LocalStack:
             ]
         )
         self._start_moto()
-        self.payment = _start_fake(FakeStripe(opts.payment_port), "fake payment provider", "--payment-port")
+        self.payment = _start_fake(
+            FakeStripe(opts.payment_port, clock=self.clock), "fake payment provider", "--payment-port"
+        )
         self.warehouse = _start_fake(FakeWarehouse(opts.warehouse_port), "fake warehouse", "--warehouse-port")
 
         self.parameters = opts.template_parameters(self.payment.url, self.warehouse.url)

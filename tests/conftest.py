@@ -63,8 +63,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def stripe() -> Iterator[FakeStripe]:
-    with FakeStripe() as fake:
+def stripe(clock: Clock) -> Iterator[FakeStripe]:
+    # On the test's clock, so its search lag and key lifetime move with clock.advance().
+    with FakeStripe(clock=clock) as fake:
         yield fake
 
 

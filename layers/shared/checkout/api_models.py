@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from checkout.currencies import ISO_4217
+from checkout.currencies import ISO_4217, charge_problem
 
 
 class LineItemIn(BaseModel):
@@ -32,8 +32,13 @@ class CreateSessionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _positive_total(self) -> CreateSessionRequest:
-        if sum(i.quantity * i.unit_amount for i in self.items) <= 0:
+        total = sum(i.quantity * i.unit_amount for i in self.items)
+        if total <= 0:
             raise ValueError("the cart's total must be above zero")
+        # Stripe's per-currency minimum and 8-digit maximum: refused here, before any stock is reserved.
+        problem = charge_problem(total, self.currency)
+        if problem is not None:
+            raise ValueError(f"items: {problem}")
         return self
 
 

@@ -1,8 +1,10 @@
 """An order's payment steps (authorize, capture, void, refund), each settled by reading the intent back.
 
 The provider replays the first answer to a key, a stored 5xx included, so no answer other than a clean
-success is taken as the truth: the intent is read back first, and a second key `{order_id}:{step}:{n}`
-is used only once that read-back proves the step did not happen (ARCHITECTURE.md section 4).
+success is taken as the truth: the intent is read back first. A second key `{order_id}:{step}:{n}` needs
+both an answer to the earlier key (an error the provider stored and will replay) and a read-back proving
+the step did not happen; after a timeout or a lost answer the first request may still be running, so the
+same key is sent again (ARCHITECTURE.md section 4).
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from checkout.payments import (
 )
 from checkout.saga import Step, idempotency_key
 
+# Stripe may prune idempotency keys after 24 h (docs.stripe.com/api/idempotent_requests); an authorize re-sent
+# later could create a second hold instead of replaying the first, so none is re-sent after 23 h.
+AUTHORIZE_RESEND_LIMIT_SECONDS = 23 * 3600
+
 
 class Outcome(StrEnum):
     AUTHORIZED = "authorized"
+    ACTION_REQUIRED = "action_required"
     DECLINED = "declined"
     NOT_SENT = "not_sent"
     UNKNOWN = "unknown"
@@ -55,9 +62,20 @@ class StepResult:
 
 
 class Charges:
-    def __init__(self, gateway: PaymentGateway, *, payment_timeout: float) -> None:
+    def __init__(self, gateway: PaymentGateway, *, payment_timeout: float, search_lag_seconds: int = 3600) -> None:
         self._gateway = gateway
         self._cap = payment_timeout
+        self._search_lag = search_lag_seconds
+
+    # the rules of section 4 ------------------------------------------------------------------
+    def empty_search_is_proof(self, order: Order, now: float) -> bool:
+        """An empty search means "nothing held" only once the last authorize send is older than the search lag."""
+        return now - order.last_authorize_sent_at >= self._search_lag
+
+    @staticmethod
+    def may_resend_authorize(order: Order, now: float) -> bool:
+        """The provider still knows the first send's key: it replays instead of making a second hold."""
+        return now - order.created_at_epoch < AUTHORIZE_RESEND_LIMIT_SECONDS
 
     # authorize -------------------------------------------------------------------------------
     def authorize(self, order: Order, deadline: Deadline, *, resumed: bool = False) -> StepResult:
@@ -76,7 +94,14 @@ class Charges:
             return StepResult(outcome, error=str(exc))
         except PaymentDeclined as exc:
             return StepResult(Outcome.DECLINED, intent=exc.intent, error=str(exc))
-        except (PaymentNotSent, PaymentRejected) as exc:
+        except PaymentRejected as exc:
+            if exc.param == "payment_method":
+                # An unknown or unusable payment method (400 resource_missing): refused, nothing held.
+                return StepResult(Outcome.DECLINED, error=str(exc))
+            if not resumed:
+                return StepResult(Outcome.NOT_SENT, error=str(exc), provider_fault=True)
+            return self._authorization_by_search(order, deadline, str(exc), timed_out=False)
+        except PaymentNotSent as exc:
             if not resumed:
                 return StepResult(Outcome.NOT_SENT, error=str(exc), provider_fault=True)
             return self._authorization_by_search(order, deadline, str(exc), timed_out=False)
@@ -87,21 +112,25 @@ class Charges:
             try:
                 intent = self._gateway.retrieve(intent.id, timeout=deadline.call_timeout(self._cap))
             except (PaymentError, OutOfTime) as exc:
-                return StepResult(Outcome.UNKNOWN, error=str(exc))
+                return StepResult(Outcome.UNKNOWN, intent=intent, error=str(exc))
         return _authorization_from_intent(intent, error=None)
 
     def find_authorization(self, order: Order, deadline: Deadline, *, trust_empty: bool) -> StepResult:
         """What the provider holds for this order: AUTHORIZED/NOTHING_HELD/..., or UNKNOWN."""
         if order.authorization_id:
-            try:
-                intent = self._gateway.retrieve(order.authorization_id, timeout=deadline.call_timeout(self._cap))
-            except (PaymentError, OutOfTime) as exc:
-                return StepResult(Outcome.UNKNOWN, error=str(exc), provider_fault=isinstance(exc, PaymentError))
-            return _authorization_from_intent(intent, error=None)
+            return self.read_authorization(order.authorization_id, deadline)
         result = self._authorization_by_search(order, deadline, None, timed_out=False)
         if result.outcome is Outcome.UNKNOWN and result.intent is None and trust_empty and not result.provider_fault:
             return StepResult(Outcome.NOTHING_HELD)
         return result
+
+    def read_authorization(self, intent_id: str, deadline: Deadline) -> StepResult:
+        """Read a known intent back and say what it means for the order."""
+        try:
+            intent = self._gateway.retrieve(intent_id, timeout=deadline.call_timeout(self._cap))
+        except (PaymentError, OutOfTime) as exc:
+            return StepResult(Outcome.UNKNOWN, error=str(exc), provider_fault=isinstance(exc, PaymentError))
+        return _authorization_from_intent(intent, error=None)
 
     def _authorization_by_search(
         self, order: Order, deadline: Deadline, error: str | None, *, timed_out: bool
@@ -118,11 +147,13 @@ class Charges:
         for intent in found:
             if intent.held or intent.captured:
                 return _authorization_from_intent(intent, error=error)
-        if found and all(i.status == "requires_payment_method" for i in found):
-            return StepResult(Outcome.DECLINED, intent=found[0], error=error)
-        if found and all(i.canceled for i in found):
-            return StepResult(Outcome.NOTHING_HELD, intent=found[0], error=error)
-        # Nothing found: search lags, so only a caller that knows the order is old may trust this.
+        for intent in found:
+            if intent.needs_action or intent.processing:
+                return _authorization_from_intent(intent, error=error)
+        if found and all(i.failed or i.canceled for i in found):
+            outcome = Outcome.DECLINED if any(i.failed for i in found) else Outcome.NOTHING_HELD
+            return StepResult(outcome, intent=found[0], error=error)
+        # Nothing found: search lags, so only a caller that knows the last send is old may trust this.
         return StepResult(Outcome.UNKNOWN, error=error or "no intent found for the order", timed_out=timed_out)
 
     # capture ---------------------------------------------------------------------------------
@@ -139,12 +170,18 @@ class Charges:
         except OutOfTime as exc:
             return StepResult(Outcome.NOT_CAPTURED, error=str(exc), next_key_attempt=attempt)
         except PaymentUnexpectedState as exc:
-            return self._capture_read_back(order, deadline, str(exc), attempt, bump=False, timed_out=False)
+            if exc.intent is not None and (exc.intent.captured or exc.intent.canceled):
+                return self._capture_from_intent(order, exc.intent, str(exc), attempt, bump=False)
+            return self._capture_read_back(order, deadline, str(exc), attempt, bump=False)
         except PaymentNotSent as exc:
-            return self._capture_read_back(order, deadline, str(exc), attempt, bump=False, timed_out=False)
-        except (PaymentOutcomeUnknown, PaymentRejected, PaymentDeclined) as exc:
-            timed_out = isinstance(exc, PaymentOutcomeUnknown) and exc.timed_out
-            return self._capture_read_back(order, deadline, str(exc), attempt, bump=True, timed_out=timed_out)
+            return self._capture_read_back(order, deadline, str(exc), attempt, bump=False)
+        except PaymentOutcomeUnknown as exc:
+            # A timeout or lost answer: the capture may still be running; only a stored error allows a new key.
+            return self._capture_read_back(
+                order, deadline, str(exc), attempt, bump=exc.answered, timed_out=exc.timed_out
+            )
+        except (PaymentRejected, PaymentDeclined) as exc:
+            return self._capture_read_back(order, deadline, str(exc), attempt, bump=True)
         if intent.captured:
             return _captured(order, intent)
         return self._capture_read_back(order, deadline, f"capture answered {intent.status}", attempt, bump=True)
@@ -163,15 +200,21 @@ class Charges:
                 timed_out=timed_out,
                 provider_fault=True,
             )
+        return self._capture_from_intent(order, intent, error, attempt, bump=bump, timed_out=timed_out)
+
+    def _capture_from_intent(
+        self, order: Order, intent: Intent, error: str, attempt: int, *, bump: bool, timed_out: bool = False
+    ) -> StepResult:
         if intent.captured:
             return _captured(order, intent)
-        if intent.held:
-            # Proven not captured: the next attempt may use a fresh key (the old one may replay a 5xx).
+        if intent.held or intent.processing:
+            # Proven not captured after an answer: the next attempt may use a fresh key (the old one replays its
+            # stored error for ever). Otherwise the same key again: the first request may still be running.
             return StepResult(
                 Outcome.NOT_CAPTURED,
                 intent=intent,
                 error=error,
-                next_key_attempt=attempt + 1 if bump else attempt,
+                next_key_attempt=attempt + 1 if bump and intent.held else attempt,
                 timed_out=timed_out,
                 provider_fault=True,
             )
@@ -197,9 +240,16 @@ class Charges:
             )
         except OutOfTime as exc:
             return StepResult(Outcome.FAILED, error=str(exc), next_key_attempt=attempt)
+        except PaymentUnexpectedState as exc:
+            if exc.intent is not None and (exc.intent.captured or exc.intent.canceled):
+                return _void_from_intent(exc.intent, str(exc), attempt, bump=False)
+            return self._void_read_back(intent_id, deadline, str(exc), attempt, bump=False)
+        except PaymentOutcomeUnknown as exc:
+            return self._void_read_back(intent_id, deadline, str(exc), attempt, bump=exc.answered)
+        except PaymentNotSent as exc:
+            return self._void_read_back(intent_id, deadline, str(exc), attempt, bump=False)
         except PaymentError as exc:
-            bump = isinstance(exc, PaymentOutcomeUnknown | PaymentRejected)
-            return self._void_read_back(intent_id, deadline, str(exc), attempt, bump=bump)
+            return self._void_read_back(intent_id, deadline, str(exc), attempt, bump=True)
         if intent.canceled:
             return StepResult(Outcome.VOIDED, intent=intent, next_key_attempt=attempt)
         return self._void_read_back(intent_id, deadline, f"cancel answered {intent.status}", attempt, bump=True)
@@ -211,33 +261,38 @@ class Charges:
             intent = self._gateway.retrieve(intent_id, timeout=deadline.call_timeout(self._cap))
         except (PaymentError, OutOfTime) as exc:
             return StepResult(Outcome.FAILED, error=f"{error}; read-back failed: {exc}", next_key_attempt=attempt)
-        if intent.canceled or intent.status == "requires_payment_method":
-            return StepResult(Outcome.VOIDED, intent=intent, next_key_attempt=attempt)
-        if intent.captured:
-            return StepResult(Outcome.ALREADY_CAPTURED, intent=intent, error=error, next_key_attempt=attempt)
-        return StepResult(Outcome.FAILED, intent=intent, error=error, next_key_attempt=attempt + 1 if bump else attempt)
+        return _void_from_intent(intent, error, attempt, bump=bump)
 
     # refund ----------------------------------------------------------------------------------
     def refund(self, order: Order, intent: Intent, deadline: Deadline) -> StepResult:
-        """Refund a capture on a cancelled order. One key only: a refund is never sent twice."""
-        if intent.amount_refunded >= intent.amount_received > 0:
-            return StepResult(Outcome.REFUNDED, intent=intent)
+        """Refund a capture on a cancelled order. One key only: a refund is never sent twice.
+
+        A PaymentIntent carries no refunded amount; the refunds are read back as Refund objects
+        (`GET /v1/refunds?payment_intent=`) whenever the answer is not a clean success.
+        """
+        amount = intent.amount_received or order.amount_total
         try:
             refund = self._gateway.refund(
                 intent.id,
-                amount=intent.amount_received or order.amount_total,
+                amount=amount,
                 idempotency_key=idempotency_key(order.order_id, Step.REFUND),
                 timeout=deadline.call_timeout(self._cap),
             )
         except (PaymentError, OutOfTime) as exc:
-            try:
-                current = self._gateway.retrieve(intent.id, timeout=deadline.call_timeout(self._cap))
-            except (PaymentError, OutOfTime):
-                return StepResult(Outcome.FAILED, intent=intent, error=str(exc))
-            if current.amount_refunded >= current.amount_received > 0:
-                return StepResult(Outcome.REFUNDED, intent=current)
-            return StepResult(Outcome.FAILED, intent=current, error=str(exc))
-        return StepResult(Outcome.REFUNDED, intent=intent, refund_id=refund.id)
+            return self._refund_read_back(intent, amount, deadline, str(exc))
+        if refund.counts:
+            return StepResult(Outcome.REFUNDED, intent=intent, refund_id=refund.id)
+        return StepResult(Outcome.FAILED, intent=intent, error=f"refund {refund.id} is {refund.status}")
+
+    def _refund_read_back(self, intent: Intent, amount: int, deadline: Deadline, error: str) -> StepResult:
+        try:
+            refunds = self._gateway.list_refunds(intent.id, timeout=deadline.call_timeout(self._cap))
+        except (PaymentError, OutOfTime) as exc:
+            return StepResult(Outcome.FAILED, intent=intent, error=f"{error}; read-back failed: {exc}")
+        counted = [r for r in refunds if r.counts]
+        if counted and sum(r.amount for r in counted) >= amount:
+            return StepResult(Outcome.REFUNDED, intent=intent, refund_id=counted[-1].id)
+        return StepResult(Outcome.FAILED, intent=intent, error=error)
 
 
 def _authorization_from_intent(intent: Intent, *, error: str | None) -> StepResult:
@@ -245,8 +300,22 @@ def _authorization_from_intent(intent: Intent, *, error: str | None) -> StepResu
         return StepResult(Outcome.AUTHORIZED, intent=intent, error=error)
     if intent.canceled:
         return StepResult(Outcome.NOTHING_HELD, intent=intent, error=error)
-    # requires_payment_method / requires_action: the card did not authorize; nothing is held.
-    return StepResult(Outcome.DECLINED, intent=intent, error=error or f"intent is {intent.status}")
+    if intent.needs_action:
+        return StepResult(Outcome.ACTION_REQUIRED, intent=intent, error=error)
+    if intent.failed:
+        # requires_payment_method: declined, or 3-D Secure failed; nothing is held.
+        return StepResult(Outcome.DECLINED, intent=intent, error=error or f"intent is {intent.status}")
+    # processing, or a status this code does not know: the intent exists but its outcome is not settled yet.
+    return StepResult(Outcome.UNKNOWN, intent=intent, error=error or f"intent is {intent.status}")
+
+
+def _void_from_intent(intent: Intent, error: str, attempt: int, *, bump: bool) -> StepResult:
+    if intent.canceled or intent.failed:
+        return StepResult(Outcome.VOIDED, intent=intent, next_key_attempt=attempt)
+    if intent.captured:
+        return StepResult(Outcome.ALREADY_CAPTURED, intent=intent, error=error, next_key_attempt=attempt)
+    # Still cancelable: a fresh key only after an answer, never while the first cancel may be running.
+    return StepResult(Outcome.FAILED, intent=intent, error=error, next_key_attempt=attempt + 1 if bump else attempt)
 
 
 def _captured(order: Order, intent: Intent) -> StepResult:

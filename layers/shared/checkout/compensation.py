@@ -53,6 +53,10 @@ class Compensator:
         self._ledger = ledger
         self._warehouse_timeout = warehouse_timeout
 
+    def empty_search_is_proof(self, order: Order, now: float) -> bool:
+        """ARCHITECTURE.md section 4: an empty search proves nothing held only after PAYMENT_SEARCH_LAG_SECONDS."""
+        return self._charges.empty_search_is_proof(order, now)
+
     def run_steps(
         self, order: Order, deadline: Deadline, *, trust_empty_search: bool, nothing_held: bool = False
     ) -> CompensationSteps:

@@ -188,8 +188,9 @@ class CompensationRetrier:
         steps = self._compensator.run_steps(
             attempt,
             deadline,
-            # Stripe's search can lag by about a minute: an empty answer is trusted only for an old order.
-            trust_empty_search=self._clock() - order.created_at_epoch >= self._stale,
+            # Stripe's search lags (up to an hour in incidents): an empty answer is trusted only once the last
+            # authorize send is older than PAYMENT_SEARCH_LAG_SECONDS.
+            trust_empty_search=self._compensator.empty_search_is_proof(order, self._clock()),
             # Only the release left: an earlier try voided (or refunded) it, so no void is sent again.
             nothing_held=not record.steps_to_retry() & PAYMENT_STEPS,
         )

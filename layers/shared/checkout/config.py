@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from functools import cache
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigurationError(RuntimeError):
@@ -37,8 +37,16 @@ class Settings(BaseModel):
     stale_saga_seconds: int = Field(alias="STALE_SAGA_SECONDS", default=120, ge=1)
     session_ttl_seconds: int = Field(alias="SESSION_TTL_SECONDS", default=1800, ge=60)
     circuit_failure_threshold: int = Field(alias="CIRCUIT_FAILURE_THRESHOLD", default=5, ge=1)
+    payment_search_lag_seconds: int = Field(alias="PAYMENT_SEARCH_LAG_SECONDS", default=3600, ge=0)
+    # Empty (the template's default) means no redirect-based payment methods: authorize sends allow_redirects=never.
+    payment_return_url: AnyHttpUrl | None = Field(alias="PAYMENT_RETURN_URL", default=None)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
     worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
+
+    @field_validator("payment_return_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _key_source(self) -> Settings:

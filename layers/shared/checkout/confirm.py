@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -43,14 +44,21 @@ S = SagaState
 class ConfirmResult:
     order: Order
     http_status: int
+    # 3-D Secure: what the shop's page needs for Stripe.js handleNextAction. Read from the intent on each
+    # answer, never stored (the client secret lets its holder confirm the intent).
+    client_secret: str | None = None
+    next_action: dict[str, Any] | None = None
 
     def body(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "order_id": self.order.order_id,
             "status": self.order.status.value,
             "amount_total": self.order.amount_total,
             "currency": self.order.currency,
         }
+        if self.order.saga_state is S.AUTH_ACTION_REQUIRED:
+            body.update(client_secret=self.client_secret, next_action=self.next_action)
+        return body
 
 
 class CheckoutConfirmer:
@@ -149,18 +157,78 @@ class CheckoutConfirmer:
         if order.status is OrderStatus.CANCELLED:
             raise SessionClosed("this checkout's order was cancelled; start a new checkout", order_id=order.order_id)
         if order.saga_state is S.AUTH_UNKNOWN:
-            try:
-                claimed = self._saga.claim(order, owner=f"confirm:{uuid.uuid4().hex}", lease_seconds=self._lease)
-            except ConcurrentUpdate as exc:
-                raise ConfirmInProgress("this checkout is being settled", order_id=order.order_id) from exc
-            return self._authorize(claimed, deadline, resumed=True)
+            claimed = self._claim(order)
+            if not self._charges.may_resend_authorize(claimed, self._clock()):
+                # Stripe may have pruned the key: a re-send could make a second hold. Recovery settles it by search.
+                self._saga.release(claimed)
+                raise PaymentOutcomeUnknownError(
+                    "the payment outcome is not known yet; it is being settled", order_id=order.order_id
+                )
+            # The send time is written before the send: an empty search proves nothing until it is old enough.
+            stamped = self._saga.stamp(claimed, authorize_sent_at=int(self._clock()))
+            return self._authorize(stamped, deadline, resumed=True)
+        if order.saga_state is S.AUTH_ACTION_REQUIRED:
+            return self._after_action(order, deadline)
         raise ConfirmInProgress("this checkout is already being confirmed", order_id=order.order_id)
+
+    def _claim(self, order: Order) -> Order:
+        try:
+            return self._saga.claim(order, owner=f"confirm:{uuid.uuid4().hex}", lease_seconds=self._lease)
+        except ConcurrentUpdate as exc:
+            raise ConfirmInProgress("this checkout is being settled", order_id=order.order_id) from exc
+
+    def _after_action(self, order: Order, deadline: Deadline) -> ConfirmResult:
+        """The customer is back from the 3-D Secure challenge: read the intent and move on."""
+        assert order.authorization_id is not None
+        if order.next_attempt_at is not None and order.next_attempt_at <= self._clock():
+            # The session expired while the challenge waited: the order is recovery's to cancel now.
+            raise SessionNotFound(f"checkout session {order.session_id} has expired")
+        claimed = self._claim(order)
+        result = self._charges.read_authorization(order.authorization_id, deadline)
+        if result.outcome is Outcome.AUTHORIZED:
+            return self._record_authorization(claimed, result, deadline)
+        if result.outcome is Outcome.DECLINED:
+            self._saga.move(claimed, S.DECLINED, reason=f"3-D Secure failed: {_payment_error(result)}"[:500])
+            metrics.add_metric(name="PaymentDeclined", unit=MetricUnit.Count, value=1)
+            raise PaymentDeclinedError("the payment was declined: authentication failed", order_id=order.order_id)
+        if result.outcome is Outcome.NOTHING_HELD:
+            # Canceled at the provider (not by us while the session was open): give the stock back, close it.
+            compensating = self._saga.move(claimed, S.COMPENSATING, reason="intent canceled during 3-D Secure")
+            self._compensator().compensate(
+                compensating, deadline, reason="intent canceled before the challenge ended", trust_empty_search=False
+            )
+            raise SessionClosed("this checkout's payment was canceled; start a new checkout", order_id=order.order_id)
+        released = self._saga.release(claimed)
+        if result.outcome is Outcome.ACTION_REQUIRED and result.intent is not None:
+            return self._action_required(released, result)
+        # Still processing, or the read failed: nothing changed; the client may confirm again.
+        raise PaymentOutcomeUnknownError(
+            "the payment is still being processed; confirm again shortly", order_id=order.order_id
+        )
+
+    def _action_required(self, order: Order, result: StepResult) -> ConfirmResult:
+        assert result.intent is not None
+        metrics.add_metric(name="PaymentActionRequired", unit=MetricUnit.Count, value=1)
+        return ConfirmResult(
+            order, 202, client_secret=result.intent.client_secret, next_action=result.intent.next_action
+        )
 
     def _authorize(self, order: Order, deadline: Deadline, *, resumed: bool) -> ConfirmResult:
         result = self._charges.authorize(order, deadline, resumed=resumed)
         if result.outcome is Outcome.AUTHORIZED:
             assert result.intent is not None
             return self._record_authorization(order, result, deadline)
+        if result.outcome is Outcome.ACTION_REQUIRED and result.intent is not None:
+            session = self._store.get_session(order.session_id)
+            expires = session.expires_at_epoch if session is not None else int(self._clock())
+            waiting = self._saga.move(
+                order,
+                S.AUTH_ACTION_REQUIRED,
+                reason="the card needs 3-D Secure: waiting for the customer",
+                authorization_id=result.intent.id,
+                next_attempt_at=expires,
+            )
+            return self._action_required(waiting, result)
         if result.outcome is Outcome.DECLINED:
             self._saga.move(order, S.DECLINED, reason=f"declined: {result.error}"[:500])
             metrics.add_metric(name="PaymentDeclined", unit=MetricUnit.Count, value=1)
@@ -168,9 +236,10 @@ class CheckoutConfirmer:
         if result.outcome is Outcome.NOT_SENT:
             self._saga.move(order, S.AUTH_FAILED, reason=f"not sent: {result.error}"[:500])
             raise PaymentUnavailable("the payment provider could not be reached; nothing was charged")
-        # UNKNOWN: money may be held. Leave it for a client retry or recovery.
+        # UNKNOWN (or NOTHING_HELD on an intent canceled meanwhile): leave it for a client retry or recovery.
+        known = {"authorization_id": result.intent.id} if result.intent is not None else {}
         if order.saga_state is S.AUTHORIZING:
-            self._saga.move(order, S.AUTH_UNKNOWN, reason=f"authorize outcome unknown: {result.error}"[:500])
+            self._saga.move(order, S.AUTH_UNKNOWN, reason=f"authorize outcome unknown: {result.error}"[:500], **known)
         else:
             # A resumed order stays AUTH_UNKNOWN; give its lease back so the next retry or recovery may try.
             try:
@@ -232,3 +301,10 @@ class CheckoutConfirmer:
         self._compensator().compensate(
             compensating, deadline, reason="voided after the order write failed", trust_empty_search=False
         )
+
+
+def _payment_error(result: StepResult) -> str:
+    error = result.intent.last_payment_error if result.intent is not None else None
+    if isinstance(error, dict):
+        return str(error.get("code") or error.get("message") or "declined")
+    return result.error or "declined"

@@ -161,3 +161,61 @@ ISO_4217 = frozenset(
         "zwg",
     }
 )
+
+# Stripe's charge limits (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts): an amount Stripe would
+# refuse is refused at session creation, before anything is reserved or written.
+
+# docs.stripe.com/currencies#zero-decimal: amounts are whole units, not hundredths.
+ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)
+# docs.stripe.com/currencies#three-decimal: sent in thousandths, and the last digit must be 0.
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+# docs.stripe.com/currencies#special-cases: ISK stays two-decimal in the API, but charges must be whole krónur.
+WHOLE_UNITS_IN_HUNDREDTHS = frozenset({"isk"})
+
+# Minimum charge per currency, in the amount's own minor units. Stripe publishes these for the currencies it
+# settles in; a charge in another currency is checked against the settlement currency after conversion, which
+# cannot be known here (docs/decisions.md, "Amounts Stripe refuses").
+MINIMUM_CHARGE = {
+    "usd": 50,
+    "aed": 200,
+    "aud": 50,
+    "bgn": 100,
+    "brl": 50,
+    "cad": 50,
+    "chf": 50,
+    "czk": 1500,
+    "dkk": 250,
+    "eur": 50,
+    "gbp": 30,
+    "hkd": 400,
+    "huf": 17500,
+    "inr": 50,
+    "jpy": 50,
+    "mxn": 1000,
+    "myr": 200,
+    "nok": 300,
+    "nzd": 50,
+    "pln": 200,
+    "ron": 200,
+    "sek": 300,
+    "sgd": 50,
+    "thb": 1000,
+}
+# "The amount value supports up to eight digits": 99999999 in the smallest unit, zero-decimal currencies included.
+MAXIMUM_CHARGE = 99_999_999
+
+
+def charge_problem(amount: int, currency: str) -> str | None:
+    """Why Stripe would refuse to charge `amount` (minor units) in `currency`, or None when it would not."""
+    if amount > MAXIMUM_CHARGE:
+        return f"the total {amount} is over Stripe's maximum charge of {MAXIMUM_CHARGE} (8 digits) {currency}"
+    minimum = MINIMUM_CHARGE.get(currency, 1)
+    if amount < minimum:
+        return f"the total {amount} is below Stripe's minimum charge of {minimum} {currency} (in minor units)"
+    if currency in THREE_DECIMAL and amount % 10:
+        return f"{currency} amounts are in thousandths and must end in 0 (got {amount})"
+    if currency in WHOLE_UNITS_IN_HUNDREDTHS and amount % 100:
+        return f"{currency} amounts are whole units sent in hundredths and must end in 00 (got {amount})"
+    return None

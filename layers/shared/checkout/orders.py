@@ -83,9 +83,15 @@ class Order(BaseModel):
     last_error: str | None = None
     refund_id: str | None = None
     compensation_id: str | None = None
+    # When authorize was last sent (epoch s); None: only once, when the order was created.
+    authorize_sent_at: int | None = None
 
     def key_attempt(self, step: str) -> int:
         return self.key_attempts.get(step, 1)
+
+    @property
+    def last_authorize_sent_at(self) -> int:
+        return self.authorize_sent_at if self.authorize_sent_at is not None else self.created_at_epoch
 
     def public_view(self) -> dict[str, Any]:
         """The order as GET /orders/{id} shows it."""

@@ -2,7 +2,11 @@
 
 - CAPTURE_FAILED, and a stale COMPENSATING: void (or refund) and release → COMPENSATED.
 - A stale AUTHORIZING / AUTH_UNKNOWN: learn what the provider holds (search by order, else re-send authorize
-  under the order's one key), void it, release → COMPENSATED.
+  under the order's one key while the provider still knows it, < 23 h), void it, release → COMPENSATED. An empty
+  search counts as "nothing held" only once the last authorize send is older than PAYMENT_SEARCH_LAG_SECONDS;
+  before that the order stays due.
+- AUTH_ACTION_REQUIRED once its session has expired (3-D Secure abandoned): cancel the intent, so a late
+  challenge cannot create a hold, release → COMPENSATED.
 - A stale AUTHORIZED / CAPTURING: roll forward to CAPTURE_PENDING, due now; the retry worker captures with the
   order's one capture key, so a capture whose answer was lost is replayed, never repeated.
 A step that fails → COMPENSATION_FAILED, with a failed-compensation record, a queue message and one alert.
@@ -109,17 +113,21 @@ class CompensationWorker:
         return self._finish(item.order, item.steps, item.reason)
 
     def _compensate(self, order: Order, budget: RunBudget) -> str | _Deferred:
-        reason = (
-            "capture retries exhausted: compensated"
-            if order.saga_state is S.CAPTURE_FAILED
-            else f"recovery: stale {order.saga_state}, compensated"
-        )
-        trust_empty = self._clock() - order.created_at_epoch >= self._stale
+        if order.saga_state is S.CAPTURE_FAILED:
+            reason = "capture retries exhausted: compensated"
+        elif order.saga_state is S.AUTH_ACTION_REQUIRED:
+            if order.next_attempt_at is not None and order.next_attempt_at > self._clock():
+                self._saga.release(order)  # the session is still open: the customer may still complete it
+                return LEFT_DUE
+            reason = "recovery: 3-D Secure not completed before the session expired; intent canceled"
+        else:
+            reason = f"recovery: stale {order.saga_state}, compensated"
+        trust_empty = self._charges.empty_search_is_proof(order, self._clock())
         # The steps see what the provider holds; the transition is written against the order as claimed, so
         # an intent id learnt here is recorded with it.
         target, nothing_held = order, False
         if order.saga_state in UNRECORDED_AUTHORIZE and order.authorization_id is None:
-            settled = self._find_hold(order, budget.deadline, trust_empty=trust_empty)
+            order, settled = self._find_hold(order, budget.deadline, trust_empty=trust_empty)
             if settled is None:
                 budget.circuit.record(provider_fault=True)
                 self._saga.release(order)
@@ -136,20 +144,32 @@ class CompensationWorker:
             return _Deferred(order, steps, reason)
         return self._finish(order, steps, reason)
 
-    def _find_hold(self, order: Order, deadline: Deadline, *, trust_empty: bool) -> tuple[Order, bool] | None:
-        """The order with the intent its lost authorize left (and whether nothing is held), or None if unknown.
+    def _find_hold(
+        self, order: Order, deadline: Deadline, *, trust_empty: bool
+    ) -> tuple[Order, tuple[Order, bool] | None]:
+        """The order to write against, and the order with the intent its authorize left and whether nothing is held
+        (None while unknown).
 
         The search is read-only, so it goes first. When it cannot tell, authorize is sent again under the same
-        key: the provider replays what it did with that key (or does it now), naming the intent to void.
+        key (the decision is in docs/decisions.md): the provider replays what it did with that key, or does it
+        now, naming the intent to void. Never after 23 h, when the provider may have forgotten the key; the send
+        time is written first, so an empty search is not trusted until the lag has passed since this send too.
         """
         found = self._charges.find_authorization(order, deadline, trust_empty=trust_empty)
-        if found.outcome is Outcome.UNKNOWN:
+        if found.outcome is Outcome.UNKNOWN and found.intent is None:
+            now = self._clock()
+            if not self._charges.may_resend_authorize(order, now):
+                return order, None
+            order = self._saga.stamp(order, authorize_sent_at=int(now))
             found = self._charges.authorize(order, deadline, resumed=True)
-        if found.outcome is Outcome.AUTHORIZED and found.intent is not None:
-            return order.model_copy(update={"authorization_id": found.intent.id}), False
+        if found.outcome in (Outcome.AUTHORIZED, Outcome.ACTION_REQUIRED) and found.intent is not None:
+            return order, (order.model_copy(update={"authorization_id": found.intent.id}), False)
+        if found.outcome is Outcome.UNKNOWN and found.intent is not None:
+            # processing: the intent is known; cancel it (Stripe refuses while processing, so it stays due).
+            return order, (order.model_copy(update={"authorization_id": found.intent.id}), False)
         if found.outcome in (Outcome.NOTHING_HELD, Outcome.DECLINED):
-            return order, True
-        return None
+            return order, (order, True)
+        return order, None
 
     def _finish(self, order: Order, steps: CompensationSteps, reason: str) -> str:
         finished = self._compensator.finish(order, steps, reason=reason)

@@ -90,7 +90,13 @@ class Runtime:
 
     @cached_property
     def payment_gateway(self) -> PaymentGateway:
-        return StripePaymentGateway(str(self.settings.payment_api_base_url), self._payment_api_key, self.http)
+        return_url = self.settings.payment_return_url
+        return StripePaymentGateway(
+            str(self.settings.payment_api_base_url),
+            self._payment_api_key,
+            self.http,
+            return_url=str(return_url) if return_url else None,
+        )
 
     @cached_property
     def warehouse(self) -> Warehouse:
@@ -117,7 +123,11 @@ class Runtime:
 
     @cached_property
     def charges(self) -> Charges:
-        return Charges(self.payment_gateway, payment_timeout=self.settings.payment_timeout_seconds)
+        return Charges(
+            self.payment_gateway,
+            payment_timeout=self.settings.payment_timeout_seconds,
+            search_lag_seconds=self.settings.payment_search_lag_seconds,
+        )
 
     @cached_property
     def ledger(self) -> FailedCompensationLedger:

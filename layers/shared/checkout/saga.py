@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 class SagaState(StrEnum):
     AUTHORIZING = "AUTHORIZING"
     AUTH_UNKNOWN = "AUTH_UNKNOWN"
+    AUTH_ACTION_REQUIRED = "AUTH_ACTION_REQUIRED"
     DECLINED = "DECLINED"
     AUTH_FAILED = "AUTH_FAILED"
     AUTHORIZED = "AUTHORIZED"
@@ -29,6 +30,7 @@ class SagaState(StrEnum):
 
 class OrderStatus(StrEnum):
     PENDING = "pending"
+    REQUIRES_ACTION = "requires_action"
     PAYMENT_PENDING = "payment_pending"
     CONFIRMED = "confirmed"
     DECLINED = "declined"
@@ -39,10 +41,13 @@ class OrderStatus(StrEnum):
 S = SagaState
 
 # ARCHITECTURE.md section 4, row by row. A state may move to itself only where the table's owner
-# re-runs its step (a rescheduled capture).
+# re-runs its step (a rescheduled capture, a challenge still waiting).
 TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
-    S.AUTHORIZING: frozenset({S.AUTHORIZED, S.DECLINED, S.AUTH_FAILED, S.AUTH_UNKNOWN, S.COMPENSATING}),
-    S.AUTH_UNKNOWN: frozenset({S.AUTHORIZED, S.DECLINED, S.COMPENSATING}),
+    S.AUTHORIZING: frozenset(
+        {S.AUTHORIZED, S.AUTH_ACTION_REQUIRED, S.DECLINED, S.AUTH_FAILED, S.AUTH_UNKNOWN, S.COMPENSATING}
+    ),
+    S.AUTH_UNKNOWN: frozenset({S.AUTHORIZED, S.AUTH_ACTION_REQUIRED, S.DECLINED, S.COMPENSATING}),
+    S.AUTH_ACTION_REQUIRED: frozenset({S.AUTHORIZED, S.DECLINED, S.AUTH_ACTION_REQUIRED, S.COMPENSATING}),
     S.DECLINED: frozenset(),
     S.AUTH_FAILED: frozenset(),
     S.AUTHORIZED: frozenset({S.CAPTURING, S.CAPTURE_PENDING}),
@@ -58,6 +63,7 @@ TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
 STATUS: dict[SagaState, OrderStatus] = {
     S.AUTHORIZING: OrderStatus.PENDING,
     S.AUTH_UNKNOWN: OrderStatus.PENDING,
+    S.AUTH_ACTION_REQUIRED: OrderStatus.REQUIRES_ACTION,
     S.DECLINED: OrderStatus.DECLINED,
     S.AUTH_FAILED: OrderStatus.FAILED,
     S.AUTHORIZED: OrderStatus.PENDING,
@@ -134,6 +140,7 @@ MUTABLE_FIELDS = frozenset(
         "last_error",
         "refund_id",
         "compensation_id",
+        "authorize_sent_at",
     }
 )
 
@@ -152,6 +159,9 @@ class Saga:
             return WorkItem(WorkQueue.CAPTURE, order.next_attempt_at if order.next_attempt_at is not None else now)
         if state is S.CAPTURE_FAILED:
             return WorkItem(WorkQueue.COMPENSATION, now)
+        if state is S.AUTH_ACTION_REQUIRED:
+            # The customer has until the session expires to complete the challenge; then recovery cancels.
+            return WorkItem(WorkQueue.RECOVERY, order.next_attempt_at if order.next_attempt_at is not None else now)
         if state in RECOVERABLE:
             return WorkItem(WorkQueue.RECOVERY, now + self._stale)
         return None
@@ -182,6 +192,25 @@ class Saga:
                 "version": order.version + 1,
                 "updated_at": at,
                 "history": [*order.history, *entries],
+                "lease_owner": None,
+                "lease_until": None,
+            }
+        )
+        self._store.write_transition(order, after, self.work_for(after, int(now)))
+        return after
+
+    def stamp(self, order: Order, **changes: Any) -> Order:
+        """Record a fact about the order without moving it (no history entry, so repeats keep the item small):
+        one conditional write on state and version, which also gives back any lease."""
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise IllegalTransition(f"a stamp cannot set {sorted(unknown)}")
+        now = self._clock()
+        after = order.model_copy(
+            update={
+                **changes,
+                "version": order.version + 1,
+                "updated_at": iso(now),
                 "lease_owner": None,
                 "lease_until": None,
             }
