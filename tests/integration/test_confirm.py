@@ -240,13 +240,22 @@ def test_lost_authorize_answer_is_502_and_retry_resumes_with_one_hold(api: Api, 
     assert_money_invariants(stack, stripe, warehouse, converged=True)
 
 
-def test_lost_authorize_answer_settled_by_search_in_the_same_request(api: Api, stack, stripe, warehouse) -> None:
+def test_lost_authorize_answer_is_not_settled_by_a_search_that_lags(api: Api, stack, stripe, warehouse) -> None:
+    # Given an authorize whose answer is lost, and Stripe's search index a minute behind (docs.stripe.com/search)
     session = open_session(api)
     stripe.inject("authorize", lose_response=True, times=1)
 
+    # When the customer confirms
     response = confirm(api, session["session_id"])
 
-    assert response.status == 201
+    # Then the empty search proves nothing: the outcome is unknown, the hold is not forgotten
+    assert response.status == 502
+    assert [r["status"] for r in stripe.requests if r["operation"] == "search"] == [200]
+    assert order_of(api, response.body["order_id"])["saga_state"] == "AUTH_UNKNOWN"
+    # And the client's retry re-sends the same key: the replay names the hold, which is captured once
+    retried = confirm(api, session["session_id"])
+    assert retried.status == 201
+    assert retried.body["order_id"] == response.body["order_id"]
     assert stripe.count("authorized") == 1
     assert stripe.count("captured") == 1
     assert_money_invariants(stack, stripe, warehouse, converged=True)

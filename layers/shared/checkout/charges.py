@@ -9,6 +9,7 @@ same key is sent again (ARCHITECTURE.md section 4).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,6 +60,8 @@ class StepResult:
     # A business failure or provider fault, as opposed to our own lack of time: circuit breakers count these.
     provider_fault: bool = False
     refund_id: str | None = None
+    # The authorize answer was a replay of a stored one: this send created nothing new at the provider.
+    replayed: bool = False
 
 
 class Charges:
@@ -106,7 +109,8 @@ class Charges:
                 return StepResult(Outcome.NOT_SENT, error=str(exc), provider_fault=True)
             return self._authorization_by_search(order, deadline, str(exc), timed_out=False)
         except PaymentOutcomeUnknown as exc:
-            return self._authorization_by_search(order, deadline, str(exc), timed_out=exc.timed_out)
+            result = self._authorization_by_search(order, deadline, str(exc), timed_out=exc.timed_out)
+            return dataclasses.replace(result, replayed=exc.replayed)
         if resumed:
             # The answer may be a replay of an old state: read the intent itself.
             try:

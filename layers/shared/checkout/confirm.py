@@ -166,7 +166,7 @@ class CheckoutConfirmer:
                 )
             # The send time is written before the send: an empty search proves nothing until it is old enough.
             stamped = self._saga.stamp(claimed, authorize_sent_at=int(self._clock()))
-            return self._authorize(stamped, deadline, resumed=True)
+            return self._authorize(stamped, deadline, resumed=True, previous_send=claimed.authorize_sent_at)
         if order.saga_state is S.AUTH_ACTION_REQUIRED:
             return self._after_action(order, deadline)
         raise ConfirmInProgress("this checkout is already being confirmed", order_id=order.order_id)
@@ -213,7 +213,9 @@ class CheckoutConfirmer:
             order, 202, client_secret=result.intent.client_secret, next_action=result.intent.next_action
         )
 
-    def _authorize(self, order: Order, deadline: Deadline, *, resumed: bool) -> ConfirmResult:
+    def _authorize(
+        self, order: Order, deadline: Deadline, *, resumed: bool, previous_send: int | None = None
+    ) -> ConfirmResult:
         result = self._charges.authorize(order, deadline, resumed=resumed)
         if result.outcome is Outcome.AUTHORIZED:
             assert result.intent is not None
@@ -241,9 +243,13 @@ class CheckoutConfirmer:
         if order.saga_state is S.AUTHORIZING:
             self._saga.move(order, S.AUTH_UNKNOWN, reason=f"authorize outcome unknown: {result.error}"[:500], **known)
         else:
-            # A resumed order stays AUTH_UNKNOWN; give its lease back so the next retry or recovery may try.
+            # A resumed order stays AUTH_UNKNOWN; give its lease back so the next retry or recovery may try. A replayed
+            # answer proves this send made nothing new: the search lag still runs from the previous send.
             try:
-                self._saga.release(order)
+                if result.replayed:
+                    self._saga.stamp(order, authorize_sent_at=previous_send)
+                else:
+                    self._saga.release(order)
             except ConcurrentUpdate:
                 logger.warning("lease on an unknown authorization was taken over", extra={"error": result.error})
         metrics.add_metric(name="AuthorizeOutcomeUnknown", unit=MetricUnit.Count, value=1)

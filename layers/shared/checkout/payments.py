@@ -119,10 +119,14 @@ class PaymentOutcomeUnknown(PaymentError):
     second key, and only after a read-back proves the step did not happen (ARCHITECTURE.md section 4).
     """
 
-    def __init__(self, message: str, *, timed_out: bool = False, answered: bool = False) -> None:
+    def __init__(
+        self, message: str, *, timed_out: bool = False, answered: bool = False, replayed: bool = False
+    ) -> None:
         super().__init__(message)
         self.timed_out = timed_out
         self.answered = answered
+        # `Idempotent-Replayed: true`: the provider stored this answer earlier; this send did nothing new.
+        self.replayed = replayed
 
 
 class PaymentInProgress(PaymentOutcomeUnknown):
@@ -368,7 +372,8 @@ def _sort_answer(method: str, path: str, response: httpx.Response) -> dict[str, 
         raise PaymentInProgress(message)
     if status == 424 or status >= 500:
         # docs.stripe.com/api/errors: 424 (an external dependency failed) and 5xx leave the outcome unknown.
-        raise PaymentOutcomeUnknown(message, answered=True)
+        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        raise PaymentOutcomeUnknown(message, answered=True, replayed=replayed)
     param = error.get("param") if isinstance(error.get("param"), str) else None
     raise PaymentRejected(message, status=status, code=code, param=param)
 

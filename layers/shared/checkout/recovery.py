@@ -160,8 +160,12 @@ class CompensationWorker:
             now = self._clock()
             if not self._charges.may_resend_authorize(order, now):
                 return order, None
+            previous = order.authorize_sent_at
             order = self._saga.stamp(order, authorize_sent_at=int(now))
             found = self._charges.authorize(order, deadline, resumed=True)
+            if found.replayed:
+                # A replayed answer proves this send made nothing new: the search lag still runs from the last one.
+                order = self._saga.stamp(order, authorize_sent_at=previous)
         if found.outcome in (Outcome.AUTHORIZED, Outcome.ACTION_REQUIRED) and found.intent is not None:
             return order, (order.model_copy(update={"authorization_id": found.intent.id}), False)
         if found.outcome is Outcome.UNKNOWN and found.intent is not None:
