@@ -65,6 +65,9 @@ def assert_money_invariants(
             order_id = intent["metadata"].get("order_id")
             if intent["status"] == "requires_capture":
                 assert order_id in open_records, f"orphaned hold {intent['id']} for {order_id}"
+            # A 3-D Secure intent left waiting for a cancelled order could still become a hold.
+            if intent["status"] == "requires_action" and by_id.get(order_id, {}).get("status") == "cancelled":
+                raise AssertionError(f"intent {intent['id']} of cancelled {order_id} still awaits 3-D Secure")
         # 4. Every cancelled order's reservation is released, or named by an open record.
         for order in by_id.values():
             if order["status"] == "cancelled" and order.get("reservation_id"):
