@@ -221,6 +221,21 @@ class LocalApi:
         for provider in ("payment", "warehouse"):
             self._fake(provider).delete("/_faults").raise_for_status()
 
+    def challenge(self, intent_id: str, outcome: str) -> dict[str, Any]:
+        """What the customer does in the 3-D Secure challenge: "complete" or "fail" (the fake's test-only endpoint)."""
+        body: dict[str, Any] = (
+            self.payment.post(f"/_3ds/{intent_id}", json={"outcome": outcome}).raise_for_status().json()
+        )
+        return body
+
+    def search_lag(self, seconds: float | None = None) -> float:
+        """The fake Stripe's search lag (seconds of the stack's clock); sets it when `seconds` is given."""
+        if seconds is None:
+            answer = self.payment.get("/_settings")
+        else:
+            answer = self.payment.post("/_settings", json={"search_lag_seconds": seconds})
+        return float(answer.raise_for_status().json()["search_lag_seconds"])
+
     def provider_log(self, provider: str) -> dict[str, list[dict[str, Any]]]:
         body: dict[str, list[dict[str, Any]]] = self._fake(provider).get("/_ledger").raise_for_status().json()
         return body
@@ -305,6 +320,8 @@ class Scenario:
         self.capture_retries = int(info.parameter("CaptureMaxRetries", 5))
         self.compensation_retries = int(info.parameter("CompensationMaxRetries", 3))
         self.payment_timeout = info.parameter("PaymentTimeoutSeconds", 15)
+        self.session_ttl = info.parameter("SessionTtlSeconds", 1800)
+        self.search_lag = info.parameter("PaymentSearchLagSeconds", 3600)
         self._reservation = ""
 
     # ---- what the client does --------------------------------------------------------------------
@@ -607,6 +624,122 @@ def redrive_dlq(s: Scenario) -> None:
     s.expect(ledger["canceled"] == 1 and ledger["captured"] == 0, "voided exactly once, never captured", ledger)
 
 
+def _three_ds_waiting(s: Scenario) -> tuple[str, str, str, str]:
+    """A checkout with a card that needs 3-D Secure, answered 202 requires_action.
+
+    Returns (session, customer, order, intent)."""
+    session, customer = s.open_session(payment_method="pm_card_threeDSecure2Required")
+    answer = s.confirm(session, customer)
+    s.expect(
+        answer.status == 202 and answer.code == "requires_action" and bool(answer.body.get("client_secret")),
+        "confirm answers 202 requires_action with the client_secret for Stripe.js",
+        answer,
+    )
+    order_id = answer.body["order_id"]
+    s.expect_state(order_id, "AUTH_ACTION_REQUIRED")
+    s.expect(s.ledger_of(order_id)["authorized"] == 0, "nothing is held before the challenge", s.ledger_of(order_id))
+    # A client secret is "<intent id>_secret_<...>" (docs.stripe.com/api/payment_intents/object#client_secret).
+    intent_id = str(answer.body["client_secret"]).split("_secret_")[0]
+    return session, customer, order_id, intent_id
+
+
+def three_ds_completed(s: Scenario) -> None:
+    session, customer, order_id, intent_id = _three_ds_waiting(s)
+    s.api.challenge(intent_id, "complete")
+    s.note("customer completes the 3-D Secure challenge (Stripe.js handleNextAction)")
+    answer = s.confirm(session, customer)
+    s.expect(answer.status == 201 and answer.body["order_id"] == order_id, "confirm again answers 201", answer)
+    s.expect_state(order_id, "CAPTURED")
+    s.expect(s.ledger_of(order_id)["captured"] == 1, "captured exactly once", s.ledger_of(order_id))
+
+
+def three_ds_failed(s: Scenario) -> None:
+    session, customer, order_id, intent_id = _three_ds_waiting(s)
+    s.api.challenge(intent_id, "fail")
+    s.note("customer fails the 3-D Secure challenge")
+    answer = s.confirm(session, customer)
+    s.expect(answer.status == 402 and answer.code == "payment_declined", "confirm again answers 402", answer)
+    s.expect_state(order_id, "DECLINED")
+    again = s.confirm(session, customer, payment_method="pm_card_visa")
+    s.expect(again.status == 201, "the session is open again: another card confirms (201)", again)
+
+
+def three_ds_abandoned(s: Scenario) -> None:
+    order_id = _three_ds_waiting(s)[2]
+    s.note("customer leaves without completing the challenge")
+    s.api.advance_clock(s.stale + 1)
+    s.run("compensation")
+    s.expect_state(order_id, "AUTH_ACTION_REQUIRED")
+    s.drive(
+        order_id,
+        "compensation",
+        {"COMPENSATED"},
+        advance=s.session_ttl,
+        rounds=2,
+        why="recovery cancels an abandoned challenge once the session expires",
+    )
+    ledger = s.ledger_of(order_id)
+    s.expect(ledger["canceled"] == 1 and ledger["authorized"] == 0, "the intent is canceled, nothing held", ledger)
+    s.expect(s.record_of(order_id) is None, "no failed-compensation record", s.record_of(order_id))
+    s.expect(s.alerts_for(order_id, "compensation_failed") == [], "no alert", "")
+
+
+def authorize_unknown_search_lags(s: Scenario) -> None:
+    normal = s.api.search_lag()
+    s.api.search_lag(3600)
+    s.api.fault("payment", operation="authorize", lose_response=True)
+    s.note("payment provider incident: every authorize answer is lost, and search lags an hour")
+    try:
+        session, customer = s.open_session()
+        answer = s.confirm(session, customer)
+        s.expect(answer.status == 502, "confirm answers 502 payment_outcome_unknown", answer)
+        order_id = answer.body["order_id"]
+        s.expect(s.ledger_of(order_id)["authorized"] == 1, "the provider holds the amount", s.ledger_of(order_id))
+        s.api.advance_clock(s.stale + 1)
+        s.run("compensation")
+        s.expect_state(order_id, "AUTH_UNKNOWN")
+        s.note("recovery does not trust the empty search: the order stays due")
+        s.api.clear_faults()
+        s.note("payment provider: answers again; the index is still an hour behind")
+        s.drive(
+            order_id,
+            "compensation",
+            {"COMPENSATED"},
+            advance=max(s.search_lag, 3600) + 1,
+            rounds=2,
+            why="recovery voids the hold once the search can be trusted",
+        )
+        ledger = s.ledger_of(order_id)
+        s.expect(ledger["canceled"] == 1 and ledger["captured"] == 0, "the hold is voided, never captured", ledger)
+    finally:
+        s.api.search_lag(normal)
+
+
+def capture_answer_lost(s: Scenario) -> None:
+    s.api.require("capture_retry", "the capture retry worker")
+    s.api.require("compensation", "the compensation worker")
+    s.api.fault("payment", operation="capture", lose_response=True)
+    s.api.fault("payment", operation="retrieve", status=503)
+    s.note("payment provider: every capture answer is lost, and every read-back answers 503")
+    session, customer = s.open_session()
+    answer = s.confirm(session, customer)
+    s.expect(answer.status == 202 and answer.code == "payment_pending", "confirm answers 202 payment_pending", answer)
+    order_id = answer.body["order_id"]
+    _capture_until_failed(s, order_id)
+    keys = {
+        r["idempotency_key"]
+        for r in s.api.provider_log("payment")["requests"]
+        if r["operation"] == "capture" and str(r["idempotency_key"]).startswith(f"{order_id}:")
+    }
+    s.expect(keys == {f"{order_id}:capture"}, "every retry re-sent the one capture key (no answer, no new key)", keys)
+    s.api.clear_faults()
+    s.note("payment provider: answers again")
+    s.drive(order_id, "compensation", {"COMPENSATED"}, advance=0, rounds=3, why="compensation refunds the capture")
+    ledger = s.ledger_of(order_id)
+    s.expect(ledger["captured"] == 1 and ledger["refunded"] == 1, "captured once, refunded exactly once", ledger)
+    s.expect(s.record_of(order_id) is None, "no failed-compensation record", s.record_of(order_id))
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Scenario], None]]] = {
     "happy_path": ("Happy path: authorize, record, capture", happy_path),
     "declined_card": ("Declined card: 402, nothing held, the session opens again", declined_card),
@@ -618,6 +751,17 @@ SCENARIOS: dict[str, tuple[str, Callable[[Scenario], None]]] = {
         void_fails_into_dlq,
     ),
     "redrive_dlq": ("Redrive of the DLQ: a parked compensation processed again and resolved", redrive_dlq),
+    "three_ds_completed": ("3-D Secure completed: 202 requires_action, challenge passed, 201", three_ds_completed),
+    "three_ds_failed": ("3-D Secure failed: 402, the session opens again", three_ds_failed),
+    "three_ds_abandoned": ("3-D Secure abandoned: cancelled by recovery once the session expires", three_ds_abandoned),
+    "authorize_unknown_search_lags": (
+        "Authorize outcome unknown while search lags an hour: the hold is still voided",
+        authorize_unknown_search_lags,
+    ),
+    "capture_answer_lost": (
+        "Capture answer lost on every retry until compensation: refunded exactly once",
+        capture_answer_lost,
+    ),
 }
 
 

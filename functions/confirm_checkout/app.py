@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Pat
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.api_models import ConfirmRequest, CreateSessionRequest
+from checkout.api_models import ConfirmAnswer, ConfirmRequest, CreateSessionRequest
 from checkout.deadline import Deadline
 from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
 from checkout.observability import logger, metrics, tracer
@@ -42,7 +42,26 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
     return json_response(HTTPStatus.CREATED, {**payload, "status": "open"})
 
 
-@app.post("/checkout/confirm", summary="Confirm a checkout: authorize, record, capture")
+_CONFIRMED = {"application/json": {"model": ConfirmAnswer}}
+
+
+@app.post(
+    "/checkout/confirm",
+    summary="Confirm a checkout: authorize, record, capture",
+    description=(
+        "202 `requires_action`: the card needs 3-D Secure. The shop's page completes the challenge with Stripe.js "
+        "`stripe.handleNextAction({clientSecret})` and calls confirm again, which answers 201 once captured, 402 if "
+        "authentication failed (the session stays open), or the same 202 while the challenge is still waiting."
+    ),
+    responses={
+        200: {"description": "this session was already confirmed: its order", "content": _CONFIRMED},
+        201: {"description": "confirmed: authorized and captured", "content": _CONFIRMED},
+        202: {
+            "description": "payment_pending (capture retried later) or requires_action (3-D Secure)",
+            "content": _CONFIRMED,
+        },
+    },
+)
 @tracer.capture_method
 def confirm_checkout(
     x_session_id: Annotated[str, Header(min_length=1, max_length=128)],

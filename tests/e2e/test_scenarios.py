@@ -117,6 +117,58 @@ def test_a_redriven_dlq_message_is_processed_again(local_api: LocalApi) -> None:
     assert local_api.queue_depth("FailedCompensationsDLQ") == 0
 
 
+def test_3d_secure_completed_is_captured_on_the_next_confirm(local_api: LocalApi) -> None:
+    outcome = scenario(local_api, "three_ds_completed")
+
+    waiting = outcome.answer("POST", "/checkout/confirm", status=202)
+    assert waiting.body["status"] == "requires_action"
+    assert waiting.body["next_action"]["type"] == "use_stripe_sdk"
+    order_id = only_order(outcome)
+    assert outcome.paths[order_id] == ["AUTHORIZING", "AUTH_ACTION_REQUIRED", "AUTHORIZED", "CAPTURING", "CAPTURED"]
+    assert outcome.ledger[order_id]["captured"] == 1
+
+
+def test_3d_secure_failed_is_402_and_the_session_opens_again(local_api: LocalApi) -> None:
+    outcome = scenario(local_api, "three_ds_failed")
+
+    assert outcome.answer("POST", "/checkout/confirm", status=402).body["error"] == "payment_declined"
+    first, second = outcome.orders
+    assert outcome.states == {first: "DECLINED", second: "CAPTURED"}
+    assert outcome.ledger[first]["authorized"] == 0
+
+
+def test_3d_secure_abandoned_is_cancelled_once_the_session_expires(local_api: LocalApi) -> None:
+    outcome = scenario(local_api, "three_ds_abandoned")
+    converged(outcome)
+
+    order_id = only_order(outcome)
+    assert outcome.states[order_id] == "COMPENSATED"
+    assert outcome.ledger[order_id]["canceled"] == 1
+    assert outcome.records.get(order_id, []) == []
+    assert [a for a in outcome.alerts if a.get("order_id") == order_id] == []
+
+
+def test_authorize_unknown_while_search_lags_an_hour_is_still_voided(local_api: LocalApi) -> None:
+    outcome = scenario(local_api, "authorize_unknown_search_lags")
+    converged(outcome)
+
+    order_id = only_order(outcome)
+    assert outcome.states[order_id] == "COMPENSATED"
+    assert outcome.ledger[order_id]["authorized"] == 1
+    assert outcome.ledger[order_id]["canceled"] == 1
+
+
+def test_capture_answer_lost_until_compensation_is_refunded_exactly_once(local_api: LocalApi) -> None:
+    outcome = scenario(local_api, "capture_answer_lost")
+    converged(outcome)
+
+    order_id = only_order(outcome)
+    assert outcome.states[order_id] == "COMPENSATED"
+    assert outcome.ledger[order_id]["captured"] == 1
+    assert outcome.ledger[order_id]["refunded"] == 1
+    assert outcome.records.get(order_id, []) == []
+
+
 def test_no_order_of_the_whole_run_was_charged_twice(local_api: LocalApi) -> None:
     checks = stack_wide_invariants(local_api)
 

@@ -48,6 +48,22 @@ class ConfirmRequest(BaseModel):
     payment_method: str | None = Field(default=None, min_length=1, max_length=255)
 
 
+class ConfirmAnswer(BaseModel):
+    """What POST /checkout/confirm answers on 200, 201 and 202 (ARCHITECTURE.md section 5)."""
+
+    order_id: str
+    status: str = Field(description="confirmed | payment_pending | requires_action")
+    amount_total: int
+    currency: str
+    client_secret: str | None = Field(
+        default=None,
+        description="requires_action only: the PaymentIntent's client secret for Stripe.js handleNextAction",
+    )
+    next_action: dict[str, object] | None = Field(
+        default=None, description="requires_action only: Stripe's next_action (use_stripe_sdk or redirect_to_url)"
+    )
+
+
 # Admin API (operators) --------------------------------------------------------------------------
 MAX_NOTE_LENGTH = 2000
 
