@@ -36,6 +36,8 @@ MOTO_PORT = 12100
 DEFAULT_SCHEDULE_PERIOD = 10.0
 DEFAULT_VISIBILITY_TIMEOUT = 5
 LOCAL_PAYMENT_API_KEY = "sk_test_local"
+STRIPE_API_URL = "https://api.stripe.com"
+STRIPE_KEY_VARIABLE = "STRIPE_TEST_SECRET_KEY"
 # --fast: template parameters shortened so stale sagas and capture retries converge in minutes, not hours.
 FAST_PARAMETERS = {"StaleSagaSeconds": "60", "CaptureBackoffBaseSeconds": "5", "CaptureBackoffMaxSeconds": "30"}
 # Lambda has no X-Ray daemon or CloudWatch here: tracing off, metrics not printed (they would bury the log).
@@ -59,6 +61,8 @@ class StackOptions:
     log_level: str = "WARNING"
     parameters: dict[str, str] = field(default_factory=dict)
     region: str = "us-east-1"
+    # --stripe: a Stripe test-mode secret key; payments then go to Stripe's test mode instead of the fake.
+    stripe_test_key: str | None = None
 
     def template_parameters(self, payment_url: str, warehouse_url: str) -> dict[str, str]:
         parameters = {
@@ -138,7 +142,8 @@ class LocalStack:
         )
         self.warehouse = _start_fake(FakeWarehouse(opts.warehouse_port), "fake warehouse", "--warehouse-port")
 
-        self.parameters = opts.template_parameters(self.payment.url, self.warehouse.url)
+        payment_url = STRIPE_API_URL if opts.stripe_test_key else self.payment.url
+        self.parameters = opts.template_parameters(payment_url, self.warehouse.url)
         self.stack = TemplateStack(parameters=self.parameters, region=opts.region, endpoint_url=self.moto_url)
         self.stack.deploy()
         self._override_visibility()
@@ -210,7 +215,7 @@ class LocalStack:
                 merged.setdefault(key, value)
                 owner.setdefault(key, logical_id)
         merged.update(
-            PAYMENT_API_KEY=LOCAL_PAYMENT_API_KEY,
+            PAYMENT_API_KEY=self.options.stripe_test_key or LOCAL_PAYMENT_API_KEY,
             PAYMENT_API_BASE_URL=self.parameters["PaymentApiBaseUrl"],
             WAREHOUSE_API_BASE_URL=self.parameters["WarehouseApiBaseUrl"],
             **LOCAL_POWERTOOLS,
@@ -521,7 +526,15 @@ def parse_args(argv: Sequence[str] | None) -> StackOptions:
         metavar="NAME=VALUE",
         help="override any template parameter, e.g. --parameter CompensationMaxRetries=2 (repeatable)",
     )
+    parser.add_argument(
+        "--stripe",
+        action="store_true",
+        help=f"send payments to Stripe's test mode with the key in ${STRIPE_KEY_VARIABLE} instead of the fake",
+    )
     args = parser.parse_args(argv)
+    stripe_key = os.environ.get(STRIPE_KEY_VARIABLE) if args.stripe else None
+    if args.stripe and not (stripe_key or "").startswith("sk_test_"):
+        parser.error(f"--stripe needs ${STRIPE_KEY_VARIABLE} set to a test-mode key (sk_test_...)")
     parameters = {}
     for item in args.parameter:
         name, sep, value = item.partition("=")
@@ -538,6 +551,7 @@ def parse_args(argv: Sequence[str] | None) -> StackOptions:
         fast=args.fast,
         log_level=args.log_level,
         parameters=parameters,
+        stripe_test_key=stripe_key,
     )
 
 

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponseContentModel, OpenAPIResponseContentSchema
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -42,7 +43,9 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
     return json_response(HTTPStatus.CREATED, {**payload, "status": "open"})
 
 
-_CONFIRMED = {"application/json": {"model": ConfirmAnswer}}
+_CONFIRMED: dict[str, OpenAPIResponseContentSchema | OpenAPIResponseContentModel] = {
+    "application/json": {"model": ConfirmAnswer}
+}
 
 
 @app.post(
