@@ -259,7 +259,7 @@ def test_after_a_capture_timeout_the_retry_resends_the_same_key_while_the_first_
 ):
     # Given a capture that times out at the confirm (2 s budget) and is still running at the provider
     session = open_session(api)
-    stripe.inject("capture", delay=4, times=1)
+    stripe.inject("capture", delay=8, times=1)  # far past the 2 s budget, so it still runs when the retry comes
     pending = confirm(api, session["session_id"])
     assert pending.status == 202
     order_id = pending.body["order_id"]
@@ -274,7 +274,7 @@ def test_after_a_capture_timeout_the_retry_resends_the_same_key_while_the_first_
     assert 409 in [r["status"] for r in stripe.requests if r["operation"] == "capture"]
 
     # And once the first capture has finished, the next retry's replay confirms the order: charged once
-    wait_for(lambda: stripe.count("captured") == 1)
+    wait_for(lambda: stripe.count("captured") == 1, timeout=20)
     clock.advance(3600)
     run_worker("capture_retry")
     assert stored(stack, order_id)["saga_state"] == "CAPTURED"
