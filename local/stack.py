@@ -405,7 +405,7 @@ class LocalStack:
             ("HTTP API (front)", self.url, "the template's HttpApi routes, API Gateway v2 events"),
             ("local endpoints", f"{self.url}/_local/", "functions, run/<function>, clock, stack, health"),
             ("moto (AWS APIs)", self.moto_url, "DynamoDB, SQS, SNS, Secrets Manager, SSM"),
-            ("fake payment", self.payment.url, "Stripe PaymentIntents; POST /_faults, GET /_ledger"),
+            ("fake payment", self.payment.url, "Stripe PaymentIntents; POST /_faults, /_settings, /_3ds/<id>"),
             ("fake warehouse", self.warehouse.url, "reservations; POST /_faults, GET /_ledger"),
         ]
         lines = ["checkout local stack: template.yaml on 127.0.0.1 (no Docker, no AWS account)", ""]
