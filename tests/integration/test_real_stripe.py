@@ -360,3 +360,28 @@ def test_the_smallest_amount_stripe_takes_opens_a_session(api: Api, stripe, ware
 
     assert session.status == 201
     assert confirm(api, session.body["session_id"]).status == 201
+
+
+@pytest.mark.parametrize(
+    ("fault", "next_key"),
+    [
+        ({"delay": 8}, 1),  # timed out: the cancel may still be running, so the same key next time
+        ({"status": 500}, 2),  # answered (stored, replayed for ever) and read back still cancelable: a new key
+    ],
+)
+def test_a_void_key_moves_on_only_after_an_answer_and_a_proving_read_back(
+    api: Api, stack, stripe: FakeStripe, warehouse, clock: Clock, fault: dict[str, Any], next_key: int
+):
+    # Given an abandoned 3-D Secure checkout that recovery cancels once its session expired
+    session = open_session(api, payment_method=THREE_DS)
+    order_id = confirm(api, session["session_id"]).body["order_id"]
+    stripe.inject("cancel", times=1, **fault)
+
+    # When recovery's cancel fails
+    clock.advance(SESSION_TTL + 1)
+    run_worker("compensation")
+
+    # Then the next void uses the same key after a timeout, and a new one only after a stored error
+    wait_for(lambda: any(r["operation"] == "cancel" for r in stripe.requests), timeout=15)
+    assert [r["idempotency_key"] for r in stripe.requests if r["operation"] == "cancel"] == [f"{order_id}:void"]
+    assert stored(stack, order_id)["key_attempts"].get("void", 1) == next_key

@@ -67,3 +67,15 @@ def test_the_handler_fails_loudly_on_bad_configuration(monkeypatch) -> None:
 
     with pytest.raises(ConfigurationError, match="PAYMENT_TIMEOUT_SECONDS"):
         lambda_handler(http_event("GET", "/orders/ord_1", headers={"X-Customer-ID": "c"}), LambdaContext())
+
+
+def test_search_lag_defaults_to_an_hour_and_an_empty_return_url_means_none() -> None:
+    settings = Settings.from_environ({**BASE, "PAYMENT_RETURN_URL": ""})
+
+    assert settings.payment_search_lag_seconds == 3600
+    assert settings.payment_return_url is None
+
+
+def test_a_return_url_must_be_a_url() -> None:
+    with pytest.raises(ConfigurationError, match="PAYMENT_RETURN_URL"):
+        Settings.from_environ({**BASE, "PAYMENT_RETURN_URL": "not a url"})
