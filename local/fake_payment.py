@@ -184,6 +184,8 @@ class FakeStripe(FakeServer):
         return self._error(status, "injected_fault", f"Injected fault: HTTP {status}.", type="api_error")
 
     def _key_in_use(self, key: str) -> Response:
+        # docs.stripe.com/error-low-level#idempotency: a request still running under the key answers 409 and
+        # stores nothing; the shared layer (local/fakes.py) answers it while the first request executes.
         return self._error(
             409,
             "idempotency_key_in_use",
@@ -193,6 +195,7 @@ class FakeStripe(FakeServer):
         )
 
     def _key_reused(self, key: str) -> Response:
+        # docs.stripe.com/api/idempotent_requests: the same key with other parameters is refused.
         return self._error(
             400,
             "idempotency_key_reused",
