@@ -566,3 +566,30 @@ def test_intent_for_order_and_reset(client: httpx.Client, stripe: FakeStripe) ->
     assert [i["id"] for i in found] == [intent_id]
     assert (stripe.intents, stripe.ledger, stripe.requests) == ({}, [], [])
     assert client.get(f"/v1/payment_intents/{intent_id}").status_code == 404
+
+
+def test_the_search_lag_is_set_over_http_and_refused_when_negative(client: httpx.Client, stripe: FakeStripe) -> None:
+    # When
+    set_lag = client.post("/_settings", json={"search_lag_seconds": 3600})
+    negative = client.post("/_settings", json={"search_lag_seconds": -1})
+    unknown = client.post("/_settings", json={"lag": 5})
+
+    # Then
+    assert (set_lag.status_code, set_lag.json()) == (200, {"search_lag_seconds": 3600.0})
+    assert negative.status_code == unknown.status_code == 400
+    assert client.get("/_settings").json() == {"search_lag_seconds": 3600.0}
+    stripe.reset()
+    assert stripe.search_lag_seconds == 0
+
+
+def test_the_challenge_endpoint_refuses_an_intent_not_waiting_for_it(client: httpx.Client) -> None:
+    intent_id = authorized_intent_id(client)
+
+    response = client.post(f"/_3ds/{intent_id}", json={"outcome": "complete"})
+    unknown = client.post("/_3ds/pi_missing", json={"outcome": "complete"})
+    bad = client.post(f"/_3ds/{intent_id}", json={"outcome": "maybe"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "payment_intent_unexpected_state"
+    assert unknown.status_code == 404
+    assert bad.status_code == 400
