@@ -245,9 +245,12 @@ class CheckoutConfirmer:
         else:
             # A resumed order stays AUTH_UNKNOWN; give its lease back so the next retry or recovery may try. A replayed
             # answer proves this send made nothing new: the search lag still runs from the previous send.
+            changes: dict[str, Any] = dict(known) if order.authorization_id is None else {}
+            if result.replayed:
+                changes["authorize_sent_at"] = previous_send
             try:
-                if result.replayed:
-                    self._saga.stamp(order, authorize_sent_at=previous_send)
+                if changes:
+                    self._saga.stamp(order, **changes)
                 else:
                     self._saga.release(order)
             except ConcurrentUpdate:
