@@ -197,7 +197,9 @@ def test_the_same_key_while_the_first_request_runs_is_409_and_not_stored(provide
     first: list[httpx.Response] = []
     running = threading.Thread(target=lambda: first.append(provider.post(path, {}, key="k-capture")))
     running.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while provider.fake.in_flight == 0 and time.monotonic() < deadline:  # the first capture runs at the provider
+        time.sleep(0.01)
 
     in_use = provider.post(path, {}, key="k-capture")
     running.join()

@@ -159,7 +159,9 @@ def test_a_key_still_in_use_is_in_progress_not_an_answer(stripe: FakeStripe) -> 
         target=lambda: gw.capture(intent.id, amount=1000, idempotency_key="ord_1:capture", timeout=3)
     )
     first.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while stripe.in_flight == 0 and time.monotonic() < deadline:  # the first capture is running at the provider
+        time.sleep(0.01)
 
     # When the same key is sent again meanwhile
     with pytest.raises(PaymentInProgress) as in_use:
