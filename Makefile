@@ -20,12 +20,13 @@ CHECKOV    := $(TOOLS)/bin/checkov
 VENV       := $(CURDIR)/.venv
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo clean
+.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo contract clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
+	@echo "make contract  Stripe's behaviours: the fake, and Stripe's test mode with STRIPE_TEST_SECRET_KEY"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
@@ -87,6 +88,10 @@ run: $(VENV)/.synced
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
 demo: $(VENV)/.synced
 	@$(RUN) python -m local.demo $(ARGS)
+
+# Stripe's behaviours against the fake, and against Stripe's test mode when STRIPE_TEST_SECRET_KEY is set.
+contract: $(VENV)/.synced
+	$(RUN) pytest tests/contract -rs -p no:cacheprovider
 
 build: $(SAM) layers/shared/requirements.txt
 	$(SAM) build --template template.yaml
