@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from checkout.dynamodb import from_item, is_condition_failure, serialize, to_item
@@ -109,6 +109,37 @@ def _session_pk(session_id: str) -> str:
     return f"SESSION#{session_id}"
 
 
+def _written_by(after: Order, stored: dict[str, Any] | None) -> bool:
+    """Whether `stored` (the item a failed condition returned) is the one the write of `after` set.
+
+    A write whose answer was lost is re-sent (botocore's retry, or ours) and then fails its own condition: the
+    item is already what it set. Version, state, lease and update time together name one write: every write
+    bumps the version, a claim sets its own lease, a release keeps updated_at and a transition sets a new one.
+    """
+    if not stored:
+        return False
+    data = from_item(stored)
+    seen = (
+        int(data.get("version", -1)),
+        data.get("saga_state"),
+        data.get("lease_owner"),
+        int(data["lease_until"]) if "lease_until" in data else None,
+        data.get("updated_at"),
+    )
+    return seen == (after.version, after.saga_state.value, after.lease_owner, after.lease_until, after.updated_at)
+
+
+def _condition_failure_item(exc: ClientError, index: int = 0) -> dict[str, Any] | None:
+    """The item ALL_OLD returned with a failed condition: the error's Item, or a cancelled transaction's reason's."""
+    answer: dict[str, Any] = dict(exc.response)
+    if answer.get("Error", {}).get("Code") == "TransactionCanceledException":
+        reasons = answer.get("CancellationReasons") or []
+        item = reasons[index].get("Item") if index < len(reasons) else None
+    else:
+        item = answer.get("Item")
+    return dict(item) if item else None
+
+
 class OrderStore:
     """The Orders table: one item per order (`ORDER#id`) and per checkout session (`SESSION#id`).
 
@@ -159,6 +190,7 @@ class OrderStore:
                             "TableName": self._table,
                             "Item": item,
                             "ConditionExpression": "attribute_not_exists(pk)",
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                         }
                     },
                     {
@@ -172,8 +204,12 @@ class OrderStore:
                     },
                 ]
             )
-        except ClientError as exc:
-            if is_condition_failure(exc):
+        except (ClientError, BotoCoreError) as exc:
+            # The order id is new, so an order stored under it was put by this very transaction: its first
+            # attempt went through and only the answer was lost.
+            if self._recognised(order, exc):
+                return
+            if isinstance(exc, ClientError) and is_condition_failure(exc):
                 raise ConcurrentUpdate(f"session {order.session_id} changed while creating an order") from exc
             raise
 
@@ -220,7 +256,7 @@ class OrderStore:
             values[":queue"] = {"S": work.queue.value}
             values[":due"] = {"N": str(work.due_at)}
         self._conditional_update(
-            after.order_id,
+            after,
             f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
             "#state = :expected_state AND #version = :expected_version",
             names,
@@ -231,7 +267,7 @@ class OrderStore:
         assert after.lease_until is not None
         assert after.lease_owner is not None
         self._conditional_update(
-            after.order_id,
+            after,
             # Pushing due_at to the lease's end keeps the order out of other workers' due queries.
             "SET #version = :version, lease_owner = :owner, lease_until = :until, due_at = :until",
             "#state = :expected_state AND #version = :expected_version "
@@ -260,7 +296,7 @@ class OrderStore:
             values[":queue"] = {"S": work.queue.value}
             values[":due"] = {"N": str(work.due_at)}
         self._conditional_update(
-            after.order_id,
+            after,
             f"{update} REMOVE lease_owner, lease_until",
             "#state = :expected_state AND #version = :expected_version",
             names,
@@ -268,21 +304,42 @@ class OrderStore:
         )
 
     def _conditional_update(
-        self, order_id: str, update: str, condition: str, names: dict[str, str], values: dict[str, Any]
+        self, after: Order, update: str, condition: str, names: dict[str, str], values: dict[str, Any]
     ) -> None:
+        """One conditional write of `after`; a retry that finds `after` already stored is the write succeeding."""
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": _order_pk(order_id)}},
+                Key={"pk": {"S": _order_pk(after.order_id)}},
                 UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ClientError as exc:
-            if is_condition_failure(exc):
-                raise ConcurrentUpdate(f"order {order_id} was moved or claimed by another actor") from exc
+        except (ClientError, BotoCoreError) as exc:
+            if self._recognised(after, exc):
+                return
+            if isinstance(exc, ClientError) and is_condition_failure(exc):
+                raise ConcurrentUpdate(f"order {after.order_id} was moved or claimed by another actor") from exc
             raise
+
+    def _recognised(self, after: Order, exc: ClientError | BotoCoreError) -> bool:
+        """Whether a write that failed had in fact stored `after` (its answer lost, then its retry refused).
+
+        A failed condition brings the stored item with it (ALL_OLD). Any other failure (botocore's retries spent
+        on lost answers, a 5xx) leaves the outcome unknown, so one consistent read tells; if that read fails
+        too, the caller gets the original error.
+        """
+        if isinstance(exc, ClientError) and is_condition_failure(exc):
+            return _written_by(after, _condition_failure_item(exc))
+        try:
+            stored = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": _order_pk(after.order_id)}}, ConsistentRead=True
+            ).get("Item")
+        except (ClientError, BotoCoreError):
+            return False
+        return _written_by(after, stored)
 
     def due(self, queue: WorkQueue, now: int, *, page_size: int = 100) -> Iterator[Order]:
         """Orders in `queue` whose due_at has passed, oldest first, by a Query on the sparse due-index."""
