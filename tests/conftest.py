@@ -24,6 +24,7 @@ from moto import mock_aws
 
 from checkout.config import Settings
 from checkout.runtime import AWS_CONFIG, Runtime, use_runtime
+from local.dynamodb_local import DynamoDBLocal
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import FakeWarehouse
 from local.template_stack import TemplateStack
@@ -73,6 +74,13 @@ def stripe() -> Iterator[FakeStripe]:
 def warehouse() -> Iterator[FakeWarehouse]:
     with FakeWarehouse() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local (AWS's emulator) for the whole session; each test makes and drops its own tables."""
+    with DynamoDBLocal(fast_start=True) as ddb:
+        yield ddb
 
 
 @pytest.fixture
