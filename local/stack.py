@@ -167,6 +167,7 @@ class LocalStack:
         self._install_runtime()
         for function in self.functions.values():
             function.load()
+            function.on_timeout = self.log.timed_out
 
         routes = http_routes(self.stack, self.functions)
         try:
