@@ -151,18 +151,17 @@ def _session_pk(session_id: str) -> str:
     return f"SESSION#{session_id}"
 
 
-def _identity(after: Order, *, with_update_time: bool = True) -> dict[str, Any]:
+def _identity(after: Order) -> dict[str, Any]:
     """What one write of `after` sets that no other write from the same read sets: every write bumps the version,
-    a claim sets its own lease, a release keeps updated_at and a transition sets a new one."""
-    identity: dict[str, Any] = {
+    a claim sets its own lease (write_claim names its own identity), a release keeps updated_at and a transition
+    sets a new one."""
+    return {
         "version": after.version,
         "saga_state": after.saga_state.value,
         "lease_owner": after.lease_owner,
         "lease_until": after.lease_until,
+        "updated_at": after.updated_at,
     }
-    if with_update_time:
-        identity["updated_at"] = after.updated_at
-    return identity
 
 
 def _written_by(identity: dict[str, Any], stored: dict[str, Any] | None) -> bool:
