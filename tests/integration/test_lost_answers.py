@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 
 from checkout.runtime import Runtime
-from checkout.saga import ConcurrentUpdate
+from checkout.saga import ConcurrentUpdate, SagaState
+from tests.backlog import an_order, put_all
 from tests.conftest import Clock, unused_port
 from tests.integration.test_confirm import Api, confirm, open_session, order_of, path_of
 from tests.integration.test_workers import STALE, run_worker
 from tests.invariants import assert_money_invariants, orders
 from tests.lost_answers import LoseAnswers
+
+S = SagaState
 
 
 def _is_claim(body: dict[str, Any]) -> bool:
@@ -229,3 +232,51 @@ def test_confirm_whose_order_create_answers_were_all_lost_still_confirms(
     assert stripe.count("authorized") == 1
     assert stripe.count("captured") == 1
     assert_money_invariants(stack, stripe, warehouse, converged=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "worker", "outcome", "state"),
+    [
+        ("capture", "capture_retry", "captured", "CAPTURED"),
+        ("roll_forward", "compensation", "rolled_forward", "CAPTURE_PENDING"),
+        ("compensate", "compensation", "compensated", "COMPENSATED"),
+    ],
+)
+def test_worker_whose_transition_answer_was_lost_counts_the_order_as_done(
+    runtime: Runtime,
+    api: Api,
+    stack,
+    stripe,
+    warehouse,
+    clock: Clock,
+    case: str,
+    worker: str,
+    outcome: str,
+    state: str,
+) -> None:
+    # Given an order with work due: a failed capture, a stale CAPTURING saga, or a stale unknown authorize
+    session = open_session(api)
+    if case == "capture":
+        stripe.inject("capture", status=500, times=1)
+        assert confirm(api, session["session_id"]).status == 202
+        clock.advance(61)
+    elif case == "roll_forward":
+        # A confirm that died after recording the authorization, before capturing
+        stale = an_order(S.CAPTURING, authorization_id="pi_stale", now=clock())
+        put_all(stack.physical["OrdersTable"]["Ref"], [(stale, "recovery", int(clock()) - 1)])
+    else:
+        stripe.inject("authorize", status=500, times=1)
+        assert confirm(api, session["session_id"]).status == 502
+        clock.advance(STALE + 1)
+
+    # When the worker runs and the answer to its first transition of the order is lost
+    with LoseAnswers(runtime.dynamodb, "UpdateItem", when=_is_transition) as lost:
+        summary = run_worker(worker)
+
+    # Then the run counts the order as done (not as taken over by someone else), and it is where the run put it
+    assert len(lost.lost) == 1
+    assert summary[outcome] == 1, summary
+    assert summary["skipped"] == 0
+    assert summary["errors"] == 0
+    assert orders(stack)[0]["saga_state"] == state
+    assert stripe.count("captured") == (1 if case == "capture" else 0)
