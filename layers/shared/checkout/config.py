@@ -42,6 +42,8 @@ class Settings(BaseModel):
     payment_return_url: AnyHttpUrl | None = Field(alias="PAYMENT_RETURN_URL", default=None)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
     worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
+    # Partitions of each work queue in the due-index (docs/capacity.md); may only grow, see the runbook.
+    due_index_shards: int = Field(alias="DUE_INDEX_SHARDS", default=16, ge=1, le=64)
 
     @field_validator("payment_return_url", mode="before")
     @classmethod
