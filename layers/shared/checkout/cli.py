@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from checkout.alerts import Alert
 from checkout.compensation_retries import seconds_between
+from checkout.dead_letters import redrive_dlq
 from checkout.errors import CheckoutError
 from checkout.failed_compensations import FailedCompensationLedger, RecordStatus
 from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OperatorActions
@@ -32,10 +33,6 @@ from checkout.saga import Saga
 
 DEFAULT_STACK_NAME = "checkout-saga"
 AWS_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
-# A receive-and-send redrive stops after this many messages even if more keep arriving.
-MAX_FALLBACK_MOVES = 10_000
-# How long a message the fallback is moving stays invisible on the DLQ (send + delete take far less).
-FALLBACK_VISIBILITY_SECONDS = 60
 
 # option -> (environment variable, stack output)
 RESOURCES = {
@@ -130,81 +127,6 @@ def operator_identity(args: argparse.Namespace, aws: Aws, environ: dict[str, str
         return str(aws.client("sts").get_caller_identity()["Arn"])
     except (ClientError, BotoCoreError) as exc:
         raise CliError("no_identity", f"cannot tell who you are ({exc}); pass --operator NAME") from exc
-
-
-# redrive ----------------------------------------------------------------------------------------
-def move_task_unsupported(exc: Exception) -> bool:
-    """True when the endpoint does not implement StartMessageMoveTask, so receive-and-send must do instead.
-
-    moto answers exactly two ways: in-process (mock_aws) it raises NotImplementedError("The
-    start_message_move_task action has not been implemented"); as a server (the local stack) it answers an
-    HTML 500 page, which botocore reports as a ClientError whose code is the bare status "500". AWS itself
-    never answers a bare "500" (its errors carry a code such as InternalError), so a real failure is not
-    mistaken for a missing call and is raised instead.
-    """
-    if isinstance(exc, NotImplementedError):
-        return "has not been implemented" in str(exc)
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return error.get("Code") == "500" and "Internal Server Error" in str(error.get("Message", ""))
-    return False
-
-
-def queue_arn(sqs: Any, url: str) -> str:
-    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
-
-
-def redrive_dlq(sqs: Any, *, dlq_url: str, queue_url: str, max_per_second: int | None = None) -> dict[str, Any]:
-    """Move every DLQ message back to the source queue: SQS's own move task, or receive-and-send where it is missing."""
-    source, destination = queue_arn(sqs, dlq_url), queue_arn(sqs, queue_url)
-    request: dict[str, Any] = {"SourceArn": source, "DestinationArn": destination}
-    if max_per_second is not None:
-        request["MaxNumberOfMessagesPerSecond"] = max_per_second
-    try:
-        task = sqs.start_message_move_task(**request)
-    except (NotImplementedError, ClientError) as exc:
-        if not move_task_unsupported(exc):
-            raise
-    else:
-        return {
-            "method": "start_message_move_task",
-            "task_handle": task["TaskHandle"],
-            "source_arn": source,
-            "destination_arn": destination,
-            "status": f"aws sqs list-message-move-tasks --source-arn {source}",
-        }
-    moved = _receive_and_send(sqs, dlq_url=dlq_url, queue_url=queue_url)
-    return {"method": "receive_and_send", "moved": moved, "source_arn": source, "destination_arn": destination}
-
-
-def _receive_and_send(sqs: Any, *, dlq_url: str, queue_url: str) -> int:
-    """Send each message to the source queue, then delete it from the DLQ: at least once, never lost.
-
-    A crash between the two leaves a duplicate, which the dlq_processor handles (the record is the truth).
-    """
-    moved = 0
-    while moved < MAX_FALLBACK_MOVES:
-        messages = sqs.receive_message(
-            QueueUrl=dlq_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=FALLBACK_VISIBILITY_SECONDS,
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not messages:
-            return moved
-        for message in messages:
-            attributes = {
-                name: {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}
-                for name, value in message.get("MessageAttributes", {}).items()
-            }
-            sqs.send_message(
-                QueueUrl=queue_url,
-                MessageBody=message["Body"],
-                **({"MessageAttributes": attributes} if attributes else {}),
-            )
-            sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
-            moved += 1
-    return moved
 
 
 # commands ---------------------------------------------------------------------------------------
