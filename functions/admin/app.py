@@ -60,6 +60,17 @@ def list_compensations(
 
 
 @app.get(
+    "/admin/counts",
+    summary="How many failed-compensation records are in each status",
+    responses=_answers((200, "{compensations: {failed, retrying, pending, resolved}}")),
+)
+@tracer.capture_method
+def get_counts() -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, {"compensations": runtime().operator_actions.counts()})
+
+
+@app.get(
     "/admin/compensations/<compensation_id>",
     summary="One failed-compensation record",
     responses=_answers((200, "the record"), (404, "compensation_not_found")),

@@ -369,6 +369,7 @@ ADMIN_ROUTES = {
     "GET /admin/orders/{order_id}",
     # The operator console's reads and the DLQ redrive.
     "GET /admin/compensations/{compensation_id}/provider-state",
+    "GET /admin/counts",
     "GET /admin/dlq",
     "POST /admin/dlq/redrive",
     "GET /admin/kpis",

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -40,7 +41,9 @@ RESOURCES = {
     "compensations_table": ("FAILED_COMPENSATIONS_TABLE_NAME", "FailedCompensationsTableName"),
     "queue_url": ("FAILED_COMPENSATIONS_QUEUE_URL", "FailedCompensationsQueueUrl"),
     "dlq_url": ("FAILED_COMPENSATIONS_DLQ_URL", "FailedCompensationsDLQUrl"),
+    "api_url": ("CHECKOUT_ADMIN_API_URL", "AdminApiBaseUrl"),
 }
+DEFAULT_LOCAL_URL = "http://127.0.0.1:3000"
 
 
 class CliError(Exception):
@@ -79,7 +82,7 @@ class Resources:
 
     def get(self, name: str) -> str:
         variable, output = RESOURCES[name]
-        value = getattr(self._args, name) or self._environ.get(variable)
+        value = getattr(self._args, name, None) or self._environ.get(variable)
         if value:
             return str(value)
         outputs = self._stack_outputs()
@@ -191,6 +194,36 @@ def _redrive(args: argparse.Namespace, resources: Resources, aws: Aws, environ: 
     )
 
 
+def _console(args: argparse.Namespace, resources: Resources, aws: Aws, environ: dict[str, str]) -> Any:
+    # Imported here: the other commands never pay for the console's server.
+    from checkout.console.server import AdminApi, ConsoleError, ConsoleServer, LocalAdminApi, SignedAdminApi, region_of
+    from checkout.console.server import serve as serve_console
+
+    api: AdminApi
+    if args.local is not None:
+        api = LocalAdminApi(args.local)
+    else:
+        url = resources.get("api_url")
+        try:
+            region = region_of(url, aws.session.region_name)
+        except ConsoleError as exc:
+            raise CliError(exc.code, exc.message) from exc
+        try:
+            # The identity the admin API will record on every action: the signer's, whatever --operator says.
+            identity = str(aws.client("sts").get_caller_identity()["Arn"])
+        except (ClientError, BotoCoreError) as exc:
+            raise CliError("no_identity", f"no usable AWS credentials to sign with ({exc})") from exc
+        api = SignedAdminApi(url, aws.session, region=region, identity=identity)
+    try:
+        server = ConsoleServer(args.port, api, mode="local" if args.local is not None else "aws")
+    except OSError as exc:
+        raise CliError("port_in_use", f"cannot listen on 127.0.0.1:{args.port} ({exc}); pass --port 0") from exc
+    if args.open:
+        webbrowser.open(server.start_url)
+    serve_console(server, out=lambda line: print(line, flush=True))
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -246,6 +279,25 @@ def parser() -> argparse.ArgumentParser:
     redrive = commands.add_parser("redrive-dlq", help="move every DLQ message back to the failed-compensations queue")
     redrive.add_argument("--max-per-second", type=int, help="redrive velocity (start_message_move_task only)")
     redrive.set_defaults(run=_redrive)
+
+    console = commands.add_parser(
+        "console",
+        help="a web console on 127.0.0.1 that calls the admin API signed with your AWS credentials",
+        description="Starts the operator console and prints its one-time URL. Against the deployed admin API "
+        "(URL from the stack's AdminApiBaseUrl output, or --api-url), every call SigV4-signed with your AWS "
+        "credentials; or against the local stack's front with --local.",
+    )
+    console.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    console.add_argument("--api-url", help="the admin API's URL (default: the stack's AdminApiBaseUrl output)")
+    console.add_argument(
+        "--local",
+        nargs="?",
+        const=DEFAULT_LOCAL_URL,
+        metavar="URL",
+        help=f"use the local stack (`make run`) instead, at URL (default {DEFAULT_LOCAL_URL}); nothing is signed",
+    )
+    console.add_argument("--open", action="store_true", help="also open the URL in your web browser")
+    console.set_defaults(run=_console)
     return root
 
 
@@ -272,7 +324,8 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None, environ: dic
     except (ClientError, BotoCoreError) as exc:
         print(json.dumps({"error": "aws_error", "message": str(exc)}), file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

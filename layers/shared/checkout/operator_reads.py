@@ -289,12 +289,14 @@ class Kpis:
                 "source": "ledger",
             },
             "alert_volume": {
-                # SNS publishes the metric only for a minute with messages: no data is zero, no answer is unknown.
-                "value": int(sums.get("alerts", 0)) if metrics_error is None else None,
+                # SNS publishes the metric only for minutes with messages: no data is zero while the functions'
+                # own metrics show the stack at work; with no metrics at all (no answer, or a local stack) unknown.
+                "value": int(sums.get("alerts", 0)) if sums else None,
                 "saga_alerts_of_records": saga_alerts,
                 "source": "cloudwatch",
             },
             "records_created": {status.value: len(found) for status, found in records.items()},
+            "metrics_found": bool(sums),
             "metrics_error": metrics_error,
         }
 
