@@ -291,7 +291,9 @@ class FakeStripe(FakeServer):
             if not _EXPAND.fullmatch(name):
                 return self._invalid(f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
             if value != "latest_charge":
-                return self._invalid(f"This property cannot be expanded ({value}).", param=name)
+                return self._invalid(
+                    f"This property cannot be expanded ({value}). (This fake expands latest_charge only.)", param=name
+                )
             expand.append(value)
         intent = self._intents.get(call.args[0])
         if intent is None:
