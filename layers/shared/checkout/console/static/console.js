@@ -306,7 +306,8 @@ function providerPanel(state) {
           ["Intent", h("span", { class: "mono" }, intent.id)],
           ["Status", h("span", { id: "intent-status" }, badge(intent.status))],
           ["Amount", `${intent.amount} ${text(intent.currency)} (capturable ${text(intent.amount_capturable)}, received ${text(intent.amount_received)})`],
-          ["Capture deadline", h("span", {}, countdown, intent.capture_before ? h("span", { class: "why" }, ` until ${intent.capture_before}`) : null)],
+          ["Capture deadline", h("span", {}, countdown, intent.capture_seconds_left !== null && intent.capture_before
+            ? h("span", { class: "why" }, ` until ${intent.capture_before}`) : null)],
           ["Charge", intent.charge ? `${text(intent.charge.id)}: ${intent.charge.captured ? "captured" : "not captured"}, refunded ${text(intent.charge.amount_refunded)}` : "—"],
           ["Canceled", text(intent.canceled_at)],
         ])
