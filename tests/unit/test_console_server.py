@@ -224,3 +224,87 @@ def test_the_region_comes_from_the_execute_api_host_else_from_the_session() -> N
     assert region_of("https://admin.shop.example/admin", "us-west-2") == "us-west-2"
     with pytest.raises(ConsoleError):
         region_of("https://admin.shop.example/admin", None)
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+
+class _StubbedSession:
+    """A boto3 session whose clients answer from botocore Stubbers (no AWS call leaves the test)."""
+
+    region_name = "eu-west-1"
+
+    def __init__(self, outputs: list[dict[str, str]], arn: str) -> None:
+        import boto3
+        from botocore.stub import Stubber
+
+        self._clients: dict[str, Any] = {}
+        cloudformation = boto3.client("cloudformation", region_name="eu-west-1")
+        stub = Stubber(cloudformation)
+        stub.add_response(
+            "describe_stacks",
+            {
+                "Stacks": [
+                    {
+                        "StackName": "checkout-saga",
+                        "CreationTime": "2026-12-01T00:00:00Z",
+                        "StackStatus": "CREATE_COMPLETE",
+                        "Outputs": outputs,
+                    }
+                ]
+            },
+            {"StackName": "checkout-saga"},
+        )
+        stub.activate()
+        sts = boto3.client("sts", region_name="eu-west-1")
+        sts_stub = Stubber(sts)
+        sts_stub.add_response("get_caller_identity", {"Arn": arn, "UserId": "AIDA", "Account": "123456789012"}, {})
+        sts_stub.activate()
+        self._clients = {"cloudformation": cloudformation, "sts": sts}
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        return self._clients[service]
+
+    def get_credentials(self) -> Credentials:
+        return Credentials("AKIDEXAMPLE", "secret")
+
+
+def test_console_finds_the_admin_api_in_the_stack_outputs_and_names_a_taken_port(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from checkout.cli import main
+
+    session = _StubbedSession(
+        [{"OutputKey": "AdminApiBaseUrl", "OutputValue": "https://abc123.execute-api.eu-west-1.amazonaws.com/admin"}],
+        "arn:aws:sts::123456789012:assumed-role/ops/me",
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["console", "--port", str(port)], session=session, environ={})
+
+    assert status == 1
+    error = json.loads(capsys.readouterr().err)
+    assert error["error"] == "port_in_use"
+    assert "--port 0" in error["message"]
+
+
+def test_console_without_a_usable_identity_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from checkout.cli import main
+
+    session = _StubbedSession([], "arn:aws:iam::123456789012:user/unused")
+    session._clients["sts"] = _Refusing()
+    status = main(["console", "--api-url", "https://abc123.execute-api.eu-west-1.amazonaws.com"], session=session)
+
+    assert status == 1
+    assert json.loads(capsys.readouterr().err)["error"] == "no_identity"
+
+
+class _Refusing:
+    def get_caller_identity(self) -> Any:
+        from botocore.exceptions import NoCredentialsError
+
+        raise NoCredentialsError()
