@@ -54,9 +54,14 @@ class Running:
 
 
 @pytest.fixture
-def console() -> Iterator[Running]:
+def log() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def console(log: list[str]) -> Iterator[Running]:
     api = RecordingApi()
-    server = ConsoleServer(0, api, mode="aws", log=lambda line: None)
+    server = ConsoleServer(0, api, mode="aws", log=log.append)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -76,6 +81,8 @@ def test_the_printed_link_signs_the_browser_in_once_with_a_strict_http_only_cook
         assert "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie
         assert client.get("/").status_code == 200
+        # Opened again in the browser it signed in: just the console
+        assert client.get(f"/?token={console.server.access.token}").status_code == 303
     # The same link a second time (another browser, a leaked URL) opens nothing
     with console.client() as other:
         again = other.get(f"/?token={console.server.access.token}")
@@ -308,3 +315,10 @@ class _Refusing:
         from botocore.exceptions import NoCredentialsError
 
         raise NoCredentialsError()
+
+
+def test_the_token_never_reaches_the_log(console: Running, log: list[str]) -> None:
+    with console.signed_in() as client:
+        client.get("/api/admin/counts")
+    assert log
+    assert not [line for line in log if console.server.access.token in line]

@@ -44,6 +44,7 @@ MAX_BODY_BYTES = 64 * 1024
 UPSTREAM_TIMEOUT_SECONDS = 30.0
 # An /admin path as the admin API defines them: plain segments, no dot segments, no encoded slash or backslash.
 _ADMIN_PATH = re.compile(r"^/admin(/[A-Za-z0-9_~:@.-]+)*$")
+_TOKEN_IN_LOG = re.compile(r"token=[^&\s]*")
 _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -198,7 +199,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
-        self.server.log(f"console: {self.address_string()} {format % args}")
+        # The one-time token never reaches a log, even after it is used.
+        self.server.log(f"console: {self.address_string()} {_TOKEN_IN_LOG.sub('token=…', format % args)}")
 
     # ---- entry points --------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -220,7 +222,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         if method == "GET" and url.path == "/" and "token" in parse_qs(url.query):
-            self._open_session(parse_qs(url.query)["token"][0])
+            if self.server.access.allows(self._cookie()):
+                self._redirect_home()  # the link opened again in the browser it already signed in
+            else:
+                self._open_session(parse_qs(url.query)["token"][0])
             return
         if not self.server.access.allows(self._cookie()):
             self._refuse(
@@ -258,9 +263,13 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 "this link was already opened (or is wrong); restart `checkout-admin console` for a new one",
             )
             return
+        self._redirect_home(f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
+
+    def _redirect_home(self, cookie: str | None = None) -> None:
         self.send_response(HTTPStatus.SEE_OTHER)
         self.send_header("Location", "/")
-        self.send_header("Set-Cookie", f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/")
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
         self._common_headers()
         self.send_header("Content-Length", "0")
         self.end_headers()
