@@ -29,6 +29,13 @@ def page(browser: WebDriver, hash_: str, ready: str) -> None:
     WebDriverWait(browser, 20).until(ec.visibility_of_element_located((By.CSS_SELECTOR, ready)))
 
 
+def rendered(browser: WebDriver, view: str) -> None:
+    """Waits until the page shows `view` with its answers (the page sets data-view once it has rendered them)."""
+    WebDriverWait(browser, 20).until(
+        lambda b: b.find_element(By.ID, "page").get_attribute("data-view") == view, f"the page never showed {view}"
+    )
+
+
 def flash(browser: WebDriver, contains: str) -> str:
     WebDriverWait(browser, 20).until(ec.text_to_be_present_in_element((By.ID, "flash"), contains))
     return browser.find_element(By.ID, "flash").text
@@ -51,7 +58,7 @@ def test_the_list_shows_each_failed_compensation_oldest_first_with_counts_and_th
     # When the operator filters the list by status failed
     page(browser, "/", "#records")
     Select(browser.find_element(By.ID, "status-filter")).select_by_value("failed")
-    WebDriverWait(browser, 20).until(lambda b: "status=failed" in b.current_url and b.find_elements(By.ID, "records"))
+    rendered(browser, "list:failed")
 
     # Then each is listed, oldest first, with its operation, error and retries; counts and DLQ depth match the API
     rows = browser.find_elements(By.CSS_SELECTOR, "#records tbody tr")
@@ -191,8 +198,7 @@ def test_the_kpi_page_shows_the_four_kpis_over_the_chosen_window(
 ):
     page(browser, "/kpis", "#kpi-resolution")
     Select(browser.find_element(By.ID, "kpi-window")).select_by_value("1h")
-    WebDriverWait(browser, 20).until(lambda b: "window=1h" in b.current_url and b.find_elements(By.ID, "kpi-alerts"))
-    WebDriverWait(browser, 20).until(ec.visibility_of_element_located((By.ID, "kpi-alerts")))
+    rendered(browser, "kpis:1h")
     kpis = stack_api.call("GET", "/admin/kpis", params={"window": "1h"}).body
     for card in ("kpi-saga", "kpi-compensation", "kpi-resolution", "kpi-alerts"):
         assert browser.find_element(By.ID, card).is_displayed()

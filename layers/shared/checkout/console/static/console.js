@@ -102,6 +102,8 @@ function route() {
   const [path, query] = hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
   const page = document.getElementById("page");
+  // Set once a page has rendered its answers, so a test (or a person's script) knows it is current.
+  page.removeAttribute("data-view");
   const record = path.match(/^\/compensations\/([^/]+)$/);
   let current = "list";
   if (record) { current = "record"; showRecord(page, decodeURIComponent(record[1])); }
@@ -149,6 +151,7 @@ async function showList(page, params) {
     filters(status, limit),
     listing.status === 200 ? recordsTable(listing.body.items, status) : h("p", { class: "why blocked" }, problem(listing)),
     listing.status === 200 ? pager(status, limit, cursor, previous, listing.body.next_cursor) : null);
+  page.setAttribute("data-view", `list:${status || "all"}`);
   focusHeading(page);
 }
 
@@ -273,6 +276,7 @@ async function showRecord(page, id) {
       providerPanel(state),
       actionsPanel(record, state)),
     h("div", { class: "grid" }, trailPanel(record), historyPanel(order)));
+  page.setAttribute("data-view", `record:${record.id}`);
   focusHeading(page);
 }
 
@@ -458,6 +462,7 @@ async function showKpis(page, window) {
     h("section", { class: "panel", "aria-labelledby": "created-title" },
       h("h3", { id: "created-title" }, "Failed compensations created in the window, by status now"),
       h("ul", { class: "counts", id: "created" }, STATUSES.map((s) => h("li", {}, h("strong", {}, k.records_created[s]), s)))));
+  page.setAttribute("data-view", `kpis:${window}`);
   focusHeading(page);
 }
 
