@@ -81,7 +81,7 @@ def test_provider_state_says_when_stripe_cannot_be_read_and_writes_nothing(
 
     assert answer.status == 200
     assert answer.body["payment"]["intent"] is None
-    assert "Stripe did not answer" in answer.body["payment"]["error"]
+    assert "could not read the intent from Stripe" in answer.body["payment"]["error"]
     assert [s["state"] for s in answer.body["steps"]] == ["unknown"]
     assert answer.body["retry"]["allowed"] is True
 

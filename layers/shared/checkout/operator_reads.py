@@ -168,7 +168,7 @@ class ProviderStates:
             raw = self._payments.retrieve_with_charge(intent_id, timeout=self._timeout)
         except PaymentError as exc:
             logger.warning("could not read the intent", extra={"intent_id": intent_id, "error": str(exc)})
-            return {"intent": None, "error": f"Stripe did not answer: {exc}"}
+            return {"intent": None, "error": f"could not read the intent from Stripe: {exc}"}
         return {"intent": _intent_view(raw, self._clock()), "error": None}
 
     def _reservation(self, order: Order | None) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class ProviderStates:
             found = self._warehouse.get(order.reservation_id, timeout=self._timeout)
         except WarehouseError as exc:
             logger.warning("could not read the reservation", extra={"reservation_id": order.reservation_id})
-            return {"reservation": None, "error": f"the warehouse did not answer: {exc}"}
+            return {"reservation": None, "error": f"could not read the reservation from the warehouse: {exc}"}
         return {"reservation": found.model_dump(mode="json"), "error": None}
 
     @staticmethod
