@@ -27,6 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from local.demo import LocalApi
+from local.dynamodb_local import DynamoDBLocal
 from local.stack_process import FREE_PORTS, ROOT, StackProcess
 from tests.e2e.conftest import FAST
 
@@ -82,8 +83,10 @@ class FailedRecords:
 
 
 @pytest.fixture(scope="session")
-def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    stack = StackProcess.start(tmp_path_factory.mktemp("console-stack") / "stack.log", *FREE_PORTS, *FAST)
+def console_stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: DynamoDBLocal) -> Iterator[StackProcess]:
+    # The session's DynamoDB Local, with tables of its own (stack name), as the e2e stack does.
+    shared = ("--dynamodb-endpoint", dynamodb_local.url, "--stack-name", "console")
+    stack = StackProcess.start(tmp_path_factory.mktemp("console-stack") / "stack.log", *FREE_PORTS, *shared, *FAST)
     try:
         yield stack
     finally:
