@@ -52,6 +52,12 @@ _METADATA_KEY = re.compile(r"metadata\[([^\[\]]+)\]")
 # Accepted and ignored: real Stripe needs some of them (e.g. payment_method_types[] or return_url
 # with confirm=true), the fake has nothing to do with them.
 _IGNORED = re.compile(r"expand\[\d*\]")
+_EXPAND = re.compile(r"expand\[\d*\]")
+# Stripe's window to capture an online card authorization: 7 days, after which the uncaptured charge is
+# refunded (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method#auth-and-capture). The charge
+# says when: payment_method_details.card.capture_before
+# (https://docs.stripe.com/api/charges/object#charge_object-payment_method_details-card-capture_before).
+CAPTURE_WINDOW_SECONDS = 7 * 24 * 3600
 _PAYMENT_METHOD_TYPE = re.compile(r"payment_method_types\[\d*\]")
 # docs.stripe.com/api/payment_intents/cancel: the statuses an intent can be canceled from.
 _CANCELABLE = {"requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"}
@@ -82,6 +88,7 @@ class FakeStripe(FakeServer):
         super().__init__(port, verbose=verbose, clock=clock)
         self._intents: dict[str, JsonObject] = {}
         self._refunds: dict[str, JsonObject] = {}
+        self._charges: dict[str, JsonObject] = {}
         # Every state an intent went through, with when (the fake's clock): search serves the past.
         self._snapshots: dict[str, list[tuple[float, JsonObject]]] = {}
         self._search_lag = float(search_lag_seconds)
@@ -137,12 +144,8 @@ class FakeStripe(FakeServer):
             call = Call({}, (intent_id,), None, decline=False)
             event = {"id": intent_id, "order_id": _order(intent), "amount": intent["amount"]}
             if succeed:
-                intent.update(
-                    status="requires_capture",
-                    amount_capturable=intent["amount"],
-                    next_action=None,
-                    latest_charge=new_id("ch"),
-                )
+                intent.update(status="requires_capture", amount_capturable=intent["amount"], next_action=None)
+                intent["latest_charge"] = self._new_charge(intent, None)
                 self._record_event("authorized", call, currency=intent["currency"], **event)
             else:
                 intent.update(
@@ -245,6 +248,7 @@ class FakeStripe(FakeServer):
     def _reset_state(self) -> None:
         self._intents.clear()
         self._refunds.clear()
+        self._charges.clear()
         self._snapshots.clear()
         self._search_lag = self._default_lag
 
@@ -374,10 +378,14 @@ class FakeStripe(FakeServer):
             "canceled_at": None,
             "cancellation_reason": None,
             "last_payment_error": None,
-            "latest_charge": new_id("ch") if held or decline_code else None,
+            "latest_charge": None,
             "next_action": _next_action(params.get("return_url")) if needs_action else None,
             "livemode": False,
         }
+        if held or decline_code:
+            # docs.stripe.com/api/payment_intents/object#latest_charge: a confirm that reached the card made a
+            # charge; one still waiting for 3-D Secure has none yet.
+            intent["latest_charge"] = self._new_charge(intent, decline_code)
         event = {"id": intent["id"], "order_id": order_id, "amount": amount, "currency": currency}
         if decline_code is None:
             self._intents[intent["id"]] = intent
@@ -445,6 +453,7 @@ class FakeStripe(FakeServer):
                     param="amount_to_capture",
                 )
         intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        self._charges[intent["latest_charge"]].update(captured=True, amount_captured=amount)
         self._snapshot(intent)
         self._record_event("captured", call, id=intent["id"], order_id=_order(intent), amount=amount)
         return Response(200, copy.deepcopy(intent))
@@ -469,6 +478,10 @@ class FakeStripe(FakeServer):
             cancellation_reason=reason,
             next_action=None,
         )
+        charge = self._charges.get(intent["latest_charge"] or "")
+        if charge is not None and previous == "requires_capture":
+            # Cancelling an uncaptured charge refunds it in full (https://docs.stripe.com/refunds#cancel-payment).
+            charge.update(refunded=True, amount_refunded=charge["amount"])
         self._snapshot(intent)
         self._record_event(
             "canceled",
@@ -482,10 +495,24 @@ class FakeStripe(FakeServer):
         return Response(200, copy.deepcopy(intent))
 
     def _retrieve(self, call: Call) -> Response:
+        # Only `expand[]` is a parameter of retrieve (https://docs.stripe.com/api/payment_intents/retrieve); of
+        # the expandable fields the fake serves latest_charge (https://docs.stripe.com/api/expanding_objects).
+        expand: list[str] = []
+        for name, value in call.params.items():
+            if not _EXPAND.fullmatch(name):
+                return self._invalid(f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+            if value != "latest_charge":
+                return self._invalid(
+                    f"This property cannot be expanded ({value}). (This fake expands latest_charge only.)", param=name
+                )
+            expand.append(value)
         intent = self._intents.get(call.args[0])
         if intent is None:
             return self._missing(call.args[0])
-        return Response(200, copy.deepcopy(intent))
+        answer = copy.deepcopy(intent)
+        if expand and answer.get("latest_charge"):
+            answer["latest_charge"] = copy.deepcopy(self._charges[answer["latest_charge"]])
+        return Response(200, answer)
 
     def _search(self, call: Call) -> Response:
         params: dict[str, str] = call.params
@@ -579,6 +606,10 @@ class FakeStripe(FakeServer):
             "created": int(self.clock()),
         }
         self._refunds[refund["id"]] = refund
+        # docs.stripe.com/api/charges/object: the refunded amount is on the charge, not the PaymentIntent.
+        charge = self._charges[intent["latest_charge"]]
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
         self._record_event(
             "refunded", call, id=intent_id, refund_id=refund["id"], order_id=_order(intent), amount=amount
         )
@@ -606,6 +637,38 @@ class FakeStripe(FakeServer):
         )
 
     # ---- helpers ---------------------------------------------------------------------------------
+
+    def _new_charge(self, intent: JsonObject, decline_code: str | None) -> str:
+        """The charge a confirm creates (latest_charge): authorized and uncaptured, or failed on a decline.
+
+        Shape: https://docs.stripe.com/api/charges/object (the fields the saga and the console read).
+        """
+        created = int(self.clock())
+        charge: JsonObject = {
+            "id": new_id("ch"),
+            "object": "charge",
+            "amount": intent["amount"],
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "currency": intent["currency"],
+            "captured": False,
+            "refunded": False,
+            "paid": decline_code is None,
+            "status": "failed" if decline_code else "succeeded",
+            "failure_code": "card_declined" if decline_code else None,
+            "payment_intent": intent["id"],
+            "created": created,
+            "payment_method_details": {
+                "type": "card",
+                "card": {
+                    "brand": "visa",
+                    "last4": "4242",
+                    "capture_before": None if decline_code else created + CAPTURE_WINDOW_SECONDS,
+                },
+            },
+        }
+        self._charges[charge["id"]] = charge
+        return str(charge["id"])
 
     def _missing(self, object_id: str, *, param: str = "intent") -> Response:
         return self._error(

@@ -15,7 +15,7 @@ from checkout.saga import ConcurrentUpdate, SagaState
 from tests.backlog import an_order, put_all
 from tests.conftest import Clock, unused_port
 from tests.integration.test_confirm import Api, confirm, open_session, order_of, path_of
-from tests.integration.test_workers import STALE, run_worker
+from tests.integration.test_workers import SEARCH_LAG, STALE, run_worker
 from tests.invariants import assert_money_invariants, orders
 from tests.lost_answers import LoseAnswers
 
@@ -171,8 +171,8 @@ def test_recovery_whose_release_answer_was_lost_leaves_the_order_due_for_the_nex
     [order] = orders(stack)
     assert order["saga_state"] == "AUTH_UNKNOWN"
     assert "lease_owner" not in order
-    # And the next run, with the provider answering, settles it
-    clock.advance(STALE + 1)
+    # And the next run, with the provider answering and the search trustworthy (PAYMENT_SEARCH_LAG_SECONDS), settles it
+    clock.advance(SEARCH_LAG)
     assert run_worker("compensation")["compensated"] == 1
     assert orders(stack)[0]["saga_state"] == "COMPENSATED"
     assert_money_invariants(stack, stripe, warehouse, converged=True)
@@ -267,7 +267,7 @@ def test_worker_whose_transition_answer_was_lost_counts_the_order_as_done(
     else:
         stripe.inject("authorize", status=500, times=1)
         assert confirm(api, session["session_id"]).status == 502
-        clock.advance(STALE + 1)
+        clock.advance(SEARCH_LAG)  # an empty search is trusted once the last send is older than the lag
 
     # When the worker runs and the answer to its first transition of the order is lost
     with LoseAnswers(runtime.dynamodb, "UpdateItem", when=_is_transition) as lost:
