@@ -25,13 +25,14 @@ DYNAMODB_LOCAL         := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERS
 JAVA_PACKAGE           := openjdk-17-jre-headless
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test bench build run demo clean
+.PHONY: help bootstrap dynamodb-local java load lint typecheck validate openapi openapi-check unit test bench build run demo clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
+	@echo "make load    1,000 checkouts at concurrency 50 with 10 % payment faults; money invariants and budgets"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
 $(UV):
@@ -112,6 +113,11 @@ run: $(VENV)/.synced dynamodb-local
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
 demo: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.demo $(ARGS)
+
+# Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
+# `make load ARGS="-n 200 -c 20 --fault-rate 0.2"`; `python -m local.load --help` lists every option.
+load: $(VENV)/.synced dynamodb-local
+	@$(RUN) python -m local.load $(ARGS)
 
 build: $(SAM) layers/shared/requirements.txt
 	$(SAM) build --template template.yaml

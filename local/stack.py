@@ -337,6 +337,8 @@ class LocalStack:
             "visibility_timeout_override": self.options.visibility_timeout_override,
             "functions": self.functions_view(),
             "clock": self.clock_view(),
+            # What a load test samples for the stack's memory: this process and the DynamoDB Local it started.
+            "processes": {"stack": os.getpid(), "dynamodb_local": None if self.dynamodb is None else self.dynamodb.pid},
         }
 
     def functions_view(self) -> list[dict[str, Any]]:
