@@ -514,6 +514,11 @@ def _load(url: str, args: argparse.Namespace, out: TextIO) -> int:
             asyncio.run(confirm_all(url, run, args.concurrency))
             memory_after = memory.total_mb()
             api.clear_faults()
+            # A delayed provider call is still asleep in the fake, in real time, after its confirm gave up;
+            # moving the stack's clock does not move the fake's. Wait it out, as the minutes before recovery
+            # would on AWS, so that no authorization lands after recovery has settled its order.
+            if args.fault_rate > 0:
+                time.sleep(delay + 1)
             print(
                 "healed the provider; converging (clock moved, workers run until nothing changes) ...",
                 file=out,
