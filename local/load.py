@@ -63,6 +63,7 @@ class Sample:
     delayed: bool = False
     fault: str | None = None
     message: str = ""
+    reservation_id: str = ""
 
 
 @dataclass
@@ -171,7 +172,7 @@ async def _call(client: httpx.AsyncClient, route: str, method: str, path: str, *
     if isinstance(body, dict):
         sample.order_id = body.get("order_id")
         sample.session_id = str(body.get("session_id") or "")
-        sample.fault = str(body.get("reservation_id") or "")  # sessions: the reservation, read by open_sessions
+        sample.reservation_id = str(body.get("reservation_id") or "")
     return sample
 
 
@@ -190,8 +191,7 @@ async def open_sessions(url: str, run: Run, count: int, concurrency: int) -> Non
             sample = await _call(client, "POST /checkout/sessions", "POST", "/checkout/sessions", json=body)
             if sample.status == 201:
                 run.customers[sample.session_id] = customer
-                run.reservations[sample.session_id] = sample.fault or ""
-            sample.fault = None
+                run.reservations[sample.session_id] = sample.reservation_id
             run.sessions.append(sample)
 
         started = time.perf_counter()
@@ -229,14 +229,8 @@ def workers_of(api: LocalApi) -> list[str]:
 
 
 def snapshot(api: LocalApi) -> tuple[Counter[str], Counter[str]]:
-    states = Counter(o["saga_state"] for o in api.all_orders())
-    table = api.info.resources["FailedCompensationsTable"]["Ref"]
-    records: Counter[str] = Counter()
-    for page in api._dynamodb.get_paginator("scan").paginate(
-        TableName=table, ProjectionExpression="#s", ExpressionAttributeNames={"#s": "status"}
-    ):
-        records.update(item["status"]["S"] for item in page["Items"])
-    return states, records
+    """The orders by saga state and the failed-compensation records by status."""
+    return Counter(o["saga_state"] for o in api.all_orders()), api.record_statuses()
 
 
 def converge(api: LocalApi, run: Run, *, out: TextIO, max_rounds: int = 40) -> tuple[Counter[str], Counter[str]]:
