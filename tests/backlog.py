@@ -4,6 +4,7 @@ that counts what it reads (tests, bench)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -12,10 +13,14 @@ from typing import Any
 
 import boto3
 
+from checkout.config import Settings
 from checkout.dynamodb import to_item
-from checkout.orders import HistoryEntry, LineItem, Order
+from checkout.orders import HistoryEntry, LineItem, Order, due_partition
 from checkout.payments import StripePaymentGateway
-from checkout.saga import STATUS, SagaState, iso
+from checkout.saga import STATUS, SagaState, WorkQueue, iso
+
+# The template's (and the settings') shard count: what the functions write.
+DEFAULT_SHARDS = int(Settings.model_fields["due_index_shards"].default)
 
 S = SagaState
 
@@ -29,19 +34,23 @@ class CountingDynamoDB:
         self.items_read = 0
         # Time spent in calls, waiting included: how much of a run the emulator itself took.
         self.seconds = 0.0
+        # The due-index is read from several threads at once.
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._client, name)
 
         def call(**kwargs: Any) -> Any:
-            self.calls[name] += 1
             started = time.perf_counter()
             try:
                 answer = real(**kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                with self._lock:
+                    self.calls[name] += 1
+                    self.seconds += time.perf_counter() - started
             if name in ("query", "scan"):
-                self.items_read += int(answer.get("ScannedCount", 0))
+                with self._lock:
+                    self.items_read += int(answer.get("ScannedCount", 0))
             return answer
 
         return call
@@ -72,14 +81,21 @@ def _on_dynamodb_local() -> bool:
     return bool(os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"))
 
 
-def put_all(table: str, rows: list[tuple[Order, str | None, int | None]]) -> None:
+def put_all(
+    table: str, rows: list[tuple[Order, str | None, int | None]], *, shards: int | None = DEFAULT_SHARDS
+) -> None:
     """Seed the table with the items PutItem would store: by BatchWriteItem on DynamoDB Local (four writers at
-    once), or through in-process moto's backend (21,000 calls through moto would take minutes)."""
+    once), or through in-process moto's backend (21,000 calls through moto would take minutes).
+
+    Each row's queue goes to its order's shard, as the functions write it; `shards=None` writes the queue
+    unsharded, as releases before due-index sharding did.
+    """
     items = []
     for order, queue, due_at in rows:
         item = {"pk": {"S": f"ORDER#{order.order_id}"}, "kind": {"S": "order"}, **to_item(order)}
         if queue is not None:
-            item["work_queue"] = {"S": queue}
+            partition = queue if shards is None else due_partition(WorkQueue(queue), order.order_id, shards)
+            item["work_queue"] = {"S": partition}
             item["due_at"] = {"N": str(due_at)}
         items.append(item)
     if _on_dynamodb_local():
