@@ -240,7 +240,7 @@ def converge(api: LocalApi, run: Run, *, out: TextIO, max_rounds: int = 40) -> t
         max(
             api.info.parameter("StaleSagaSeconds", 900),
             api.info.parameter("CaptureBackoffMaxSeconds", 300),
-            api.info.parameter("PaymentSearchLagSeconds", 0),
+            api.info.parameter("PaymentSearchLagSeconds", 3600),  # the template's default
             60,
         )
         + 1
