@@ -1,33 +1,98 @@
-"""Request bodies of the HTTP APIs (checkout, admin), validated by the resolvers; they also shape docs/*openapi.json."""
+"""What the HTTP APIs (checkout, admin) take and answer: request bodies, validated strictly by the resolvers, and
+the answers' shapes. Both shape docs/*openapi.json, so the documents say what the code enforces."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator, model_validator
 
 from checkout.currencies import ISO_4217
+from checkout.failed_compensations import FailedCompensation
+from checkout.orders import Order
+from checkout.saga import OrderStatus, SagaState
+
+# Identifiers a client chooses (customer, SKU, payment method, idempotency key): printable ASCII without space
+# (0x21-0x7E). They travel in headers and provider requests, so no control, non-ASCII or bidi characters.
+TOKEN_PATTERN = r"^[\x21-\x7E]+$"
+# Identifiers this system makes (cs_…, ord_…, fc_…) and takes back in headers and paths.
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+MAX_ID_LENGTH = 128
+MAX_TOKEN_LENGTH = 255
+# Stripe takes amounts of at most 8 digits (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts).
+MAX_UNIT_AMOUNT = 99_999_999
+MAX_QUANTITY = 1000
+MAX_ITEMS = 100
+
+CustomerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=TOKEN_PATTERN,
+        description="the customer: printable ASCII without spaces (0x21-0x7E), at most 128 characters",
+        examples=["cus_1"],
+    ),
+]
+PaymentMethod = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TOKEN_LENGTH,
+        pattern=TOKEN_PATTERN,
+        description="a payment method id (Stripe pm_…): printable ASCII without spaces, at most 255 characters",
+        examples=["pm_card_visa"],
+    ),
+]
+# Strict: a JSON integer only; "1", 1.0 and true are refused, not coerced.
+StrictInt = Annotated[int, Strict()]
 
 
 class LineItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sku: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(gt=0, le=1000, description="units, at least 1")
-    unit_amount: int = Field(ge=0, le=100_000_000, description="price per unit in minor units")
+    sku: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=TOKEN_PATTERN,
+        description="printable ASCII without spaces, at most 64 characters",
+        examples=["sku_mug"],
+    )
+    quantity: StrictInt = Field(ge=1, le=MAX_QUANTITY, description="units, 1 to 1000", examples=[2])
+    unit_amount: StrictInt = Field(
+        ge=0, le=MAX_UNIT_AMOUNT, description="price per unit in minor units (at most 8 digits)", examples=[1250]
+    )
 
 
 class CreateSessionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cus_1",
+                    "currency": "usd",
+                    "items": [{"sku": "sku_mug", "quantity": 2, "unit_amount": 1250}],
+                    "payment_method": "pm_card_visa",
+                }
+            ]
+        },
+    )
 
-    customer_id: str = Field(min_length=1, max_length=128)
-    currency: str = Field(description="lowercase ISO 4217 code, e.g. usd")
-    items: list[LineItemIn] = Field(min_length=1, max_length=100)
-    payment_method: str | None = Field(default=None, min_length=1, max_length=255)
+    customer_id: CustomerId
+    currency: str = Field(
+        description="lowercase ISO 4217 code, e.g. usd",
+        # The list is documented; the validator below names the field in a short message instead of all codes.
+        json_schema_extra={"enum": sorted(ISO_4217)},
+    )
+    items: list[LineItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    payment_method: PaymentMethod | None = None
 
     @field_validator("currency")
     @classmethod
     def _known_currency(cls, value: str) -> str:
         if value not in ISO_4217:
-            raise ValueError(f"{value!r} is not a lowercase ISO 4217 currency code")
+            raise ValueError(f"{value[:8]!r} is not a lowercase ISO 4217 currency code")
         return value
 
     @model_validator(mode="after")
@@ -38,9 +103,9 @@ class CreateSessionRequest(BaseModel):
 
 
 class ConfirmRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"payment_method": "pm_card_visa"}]})
 
-    payment_method: str | None = Field(default=None, min_length=1, max_length=255)
+    payment_method: PaymentMethod | None = None
 
 
 # Admin API (operators) --------------------------------------------------------------------------
@@ -48,12 +113,15 @@ MAX_NOTE_LENGTH = 2000
 
 
 class ResolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "cancelled pi_123 in the Stripe dashboard"}]}
+    )
 
     note: str = Field(
         min_length=1,
         max_length=MAX_NOTE_LENGTH,
-        description="what was done at the provider or warehouse to settle it (kept on the record)",
+        pattern=r"\S",
+        description="what was done at the provider or warehouse to settle it (kept on the record); not blank",
     )
 
     @field_validator("note")
@@ -65,15 +133,138 @@ class ResolveRequest(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"note": "provider is back"}]})
 
     note: str | None = Field(
         default=None, min_length=1, max_length=MAX_NOTE_LENGTH, description="why it is retried (kept on the record)"
     )
 
 
+# Answers ------------------------------------------------------------------------------------------
 class ErrorBody(BaseModel):
-    """Every error answer of both APIs (section 5)."""
+    """Every error answer of both APIs (section 5); each code's model narrows `error` and adds its fields."""
 
     error: str = Field(description="machine-readable code, e.g. compensation_not_found")
     message: str = Field(description="what went wrong, for a person")
+
+
+class LineItemOut(BaseModel):
+    sku: str
+    quantity: int
+    unit_amount: int
+
+
+class SessionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "session_id": "cs_0f3a9c2e5b7d4e1f8a6b2c3d4e5f6a7b",
+                    "customer_id": "cus_1",
+                    "currency": "usd",
+                    "items": [{"sku": "sku_mug", "quantity": 2, "unit_amount": 1250}],
+                    "amount_total": 2500,
+                    "payment_method": "pm_card_visa",
+                    "reservation_id": "res_8d1f2a3b",
+                    "expires_at": "2026-12-01T16:30:00.000Z",
+                    "status": "open",
+                }
+            ]
+        }
+    )
+
+    session_id: str = Field(pattern=ID_PATTERN)
+    customer_id: str
+    currency: str
+    items: list[LineItemOut]
+    amount_total: int = Field(description="in minor units")
+    payment_method: str | None
+    reservation_id: str
+    expires_at: str = Field(description="ISO 8601 UTC", json_schema_extra={"format": "date-time"})
+    status: Literal["open"]
+
+
+class ConfirmAnswer(BaseModel):
+    """POST /checkout/confirm's success body; its status says how far the order got."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"order_id": "ord_1c2d3e4f", "status": "confirmed", "amount_total": 2500, "currency": "usd"}]
+        }
+    )
+
+    order_id: str = Field(pattern=ID_PATTERN)
+    status: OrderStatus
+    amount_total: int
+    currency: str
+
+
+class Confirmed(ConfirmAnswer):
+    status: Literal[OrderStatus.CONFIRMED]
+
+
+class PaymentPending(ConfirmAnswer):
+    """Authorized; the capture is retried by the worker (GET /orders/{order_id} shows when it is done)."""
+
+    status: Literal[OrderStatus.PAYMENT_PENDING]
+
+
+class HistoryOut(BaseModel):
+    at: str = Field(json_schema_extra={"format": "date-time"})
+    from_: SagaState | None = Field(alias="from")
+    to: SagaState
+    reason: str
+
+
+class OrderOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "order_id": "ord_1c2d3e4f",
+                    "session_id": "cs_0f3a9c2e",
+                    "customer_id": "cus_1",
+                    "status": "confirmed",
+                    "saga_state": "CAPTURED",
+                    "amount_total": 2500,
+                    "currency": "usd",
+                    "history": [
+                        {"at": "2026-12-01T16:00:00.000Z", "from": None, "to": "AUTHORIZING", "reason": "confirm"}
+                    ],
+                }
+            ]
+        }
+    )
+
+    order_id: str
+    session_id: str
+    customer_id: str
+    status: OrderStatus
+    saga_state: SagaState
+    amount_total: int
+    currency: str
+    history: list[HistoryOut]
+
+
+def _public(model: type[BaseModel], name: str, *, hide: set[str], **more: Any) -> type[BaseModel]:
+    """`model` as the API shows it: without the internal fields `hide`, with `more`; stays true as `model` grows."""
+    fields: dict[str, Any] = {n: (f.annotation, f) for n, f in model.model_fields.items() if n not in hide}
+    built: type[BaseModel] = create_model(name, __doc__=model.__doc__, **fields, **more)
+    return built
+
+
+_LEASE = {"lease_owner", "lease_until"}
+CompensationRecordOut = _public(FailedCompensation, "CompensationRecord", hide=_LEASE)
+
+
+class CompensationPage(BaseModel):
+    items: list[CompensationRecordOut]  # type: ignore[valid-type]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+AdminOrderOut = _public(
+    Order,
+    "AdminOrder",
+    hide=_LEASE,
+    compensations=(list[CompensationRecordOut], Field(description="its failed-compensation records")),  # type: ignore[valid-type]
+)
