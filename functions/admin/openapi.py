@@ -24,7 +24,7 @@ def document() -> str:
         security_schemes={"sigv4": SIGV4},
         security=[{"sigv4": []}],
         description=(
-            "Every error is JSON `{\"error\", \"message\"}` with the status and code each answer below names."
+            'Every error is JSON `{"error", "message"}` with the status and code each answer below names.'
             " Bodies are JSON objects sent as `application/json` (UTF-8, at most 64 KiB). A refused request"
             " changes nothing. An unknown path is a 404 `not_found`, a known path with another method a 405."
         ),

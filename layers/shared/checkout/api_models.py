@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, Strict, create_model, field_validator, model_validator
 
 from checkout.currencies import ISO_4217
 from checkout.failed_compensations import FailedCompensation
@@ -14,7 +14,7 @@ from checkout.saga import OrderStatus, SagaState
 
 # Identifiers a client chooses (customer, SKU, payment method, idempotency key): printable ASCII without space
 # (0x21-0x7E). They travel in headers and provider requests, so no control, non-ASCII or bidi characters.
-TOKEN_PATTERN = r"^[\x21-\x7E]+$"
+TOKEN_PATTERN = r"^[\x21-\x7E]+$"  # noqa: S105 (a pattern, not a secret)
 # Identifiers this system makes (cs_…, ord_…, fc_…) and takes back in headers and paths.
 ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 MAX_ID_LENGTH = 128
@@ -83,7 +83,7 @@ class CreateSessionRequest(BaseModel):
     currency: str = Field(
         description="lowercase ISO 4217 code, e.g. usd",
         # The list is documented; the validator below names the field in a short message instead of all codes.
-        json_schema_extra={"enum": sorted(ISO_4217)},
+        json_schema_extra={"enum": list[JsonValue](sorted(ISO_4217))},
     )
     items: list[LineItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
     payment_method: PaymentMethod | None = None

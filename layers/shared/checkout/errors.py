@@ -63,7 +63,7 @@ class OrderNotFound(CheckoutError):
 
 class OutOfStockError(CheckoutError):
     status, code = 409, "out_of_stock"
-    fields = {"sku": "the SKU the warehouse has too few of"}
+    fields: ClassVar[dict[str, str]] = {"sku": "the SKU the warehouse has too few of"}
 
 
 class WarehouseUnavailableError(CheckoutError):
@@ -76,17 +76,17 @@ class WarehouseTimeoutError(WarehouseUnavailableError):
 
 class ConfirmInProgress(CheckoutError):
     status, code = 409, "confirm_in_progress"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID
 
 
 class SessionClosed(CheckoutError):
     status, code = 409, "session_closed"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID
 
 
 class PaymentDeclinedError(CheckoutError):
     status, code = 402, "payment_declined"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID
 
 
 class PaymentUnavailable(CheckoutError):
@@ -95,16 +95,16 @@ class PaymentUnavailable(CheckoutError):
 
 class PaymentOutcomeUnknownError(CheckoutError):
     status, code = 502, "payment_outcome_unknown"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID
 
 
 class PaymentTimeout(CheckoutError):
     status, code = 504, "payment_timeout"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID
 
 
 class OrderNotRecorded(CheckoutError):
     """The payment was authorized but the order could not be recorded; the hold is being voided."""
 
     status, code = 503, "order_not_recorded"
-    fields = _ORDER_ID
+    fields: ClassVar[dict[str, str]] = _ORDER_ID

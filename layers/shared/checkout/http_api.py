@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+import operator
 import re
 from functools import cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import Field, RootModel, create_model
 
@@ -35,7 +40,13 @@ MAX_BODY_BYTES = 64 * 1024
 _LOCATION_PREFIXES = ("body", "query", "path", "header")
 _UTF8 = {"utf-8", "utf8"}
 # Any route may be sent a body or a bad parameter, and anything unexpected is a 500: every route answers these.
-EVERY_ROUTE = (InvalidBody, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, InternalError)
+EVERY_ROUTE: tuple[type[CheckoutError], ...] = (
+    InvalidBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+    InternalError,
+)
 
 
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
@@ -102,6 +113,12 @@ def answer_errors_as_json(app: APIGatewayHttpResolver) -> None:
         logger.info("request refused", extra={"error": exc.code, "detail": exc.message})
         return json_response(exc.status, exc.body())
 
+    @app.exception_handler(RequestUnsupportedContentType)
+    def _unsupported(_: RequestUnsupportedContentType) -> Response[str]:
+        # refuse_unreadable answers these first; this is the resolver's own check, kept as the same answer.
+        error = UnsupportedMediaType("send the body as application/json")
+        return json_response(error.status, error.body())
+
     @app.exception_handler(RequestValidationError)
     def _validation_error(exc: RequestValidationError) -> Response[str]:
         problems = []
@@ -143,7 +160,8 @@ def _is_json(content_type: str) -> bool:
 
 
 def refuse_unreadable(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer to a body no route can read, before anything parses it; None when it can be read.
+    """The answer to a body no route can read, before anything parses it; None when it can be read (then its
+    Content-Type header is made the canonical `application/json`).
 
     413 over MAX_BODY_BYTES, 415 unless it is `application/json`, 400 when its bytes are not UTF-8.
     """
@@ -156,8 +174,9 @@ def refuse_unreadable(event: dict[str, Any]) -> dict[str, Any] | None:
         return _refusal(InvalidBody("the body could not be read"))
     if len(data) > MAX_BODY_BYTES:
         return _refusal(PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB"))
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
-    content_type = headers.get("content-type", "")
+    headers = event.get("headers") or {}
+    names = [name for name in headers if str(name).lower() == "content-type"]
+    content_type = str(headers[names[0]]) if len(names) == 1 else ""
     if not _is_json(content_type):
         shown = content_type[:100] or "none"
         return _refusal(UnsupportedMediaType(f"send the body as application/json (Content-Type was {shown})"))
@@ -165,6 +184,8 @@ def refuse_unreadable(event: dict[str, Any]) -> dict[str, Any] | None:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return _refusal(InvalidBody("the body is not UTF-8 text"))
+    # Media types are case-insensitive (RFC 9110 8.3.1); the resolver's own check is not, so it gets the canonical one.
+    headers[names[0]] = "application/json"
     return None
 
 
@@ -183,10 +204,11 @@ def error_model(code: str, fields: tuple[tuple[str, str], ...]) -> type[ErrorBod
     """The body of one error code: `error` is that code, plus the fields its exception carries."""
     # Present when the error has one (e.g. order_id once an order exists), absent otherwise; never null.
     extra: dict[str, Any] = {name: (str, Field(default=None, description=doc)) for name, doc in fields}
+    only_this_code: Any = Literal[code]
     model: type[ErrorBody] = create_model(
         f"{_pascal(code)}Body",
         __base__=ErrorBody,
-        error=(Literal[code], Field(description="machine-readable code")),  # type: ignore[valid-type]
+        error=(only_this_code, Field(description="machine-readable code")),
         **extra,
     )
     return model
@@ -195,10 +217,12 @@ def error_model(code: str, fields: tuple[tuple[str, str], ...]) -> type[ErrorBod
 @cache
 def either_error(models: tuple[type[ErrorBody], ...]) -> type[RootModel[Any]]:
     """One of several error bodies of a status, told apart by their `error` code."""
-    union = Annotated[Union[models], Field(discriminator="error")]  # noqa: UP007
+    one_of: Any = functools.reduce(operator.or_, models)
+    union: Any = Annotated[one_of, Field(discriminator="error")]
     name = "Or".join(m.__name__.removesuffix("Body") for m in models) + "Body"
-    model: type[RootModel[Any]] = create_model(name, __base__=RootModel[union])  # type: ignore[valid-type]
-    return model
+    base: Any = RootModel[union]
+    model: Any = create_model(name, __base__=base)
+    return model  # type: ignore[return-value]
 
 
 def _model_of(error: type[CheckoutError]) -> type[ErrorBody]:
