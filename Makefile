@@ -20,12 +20,13 @@ CHECKOV    := $(TOOLS)/bin/checkov
 VENV       := $(CURDIR)/.venv
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo clean
+.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
+	@echo "make fuzz    schemathesis against both OpenAPI documents on a local stack, 10 min each (FUZZ_SECONDS)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
@@ -70,11 +71,17 @@ openapi-check: $(VENV)/.synced
 	  || (echo "docs/openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 	@$(RUN) python -m functions.admin.openapi | diff -u docs/admin-openapi.json - \
 	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
+	$(RUN) openapi-spec-validator docs/openapi.json docs/admin-openapi.json
 
 unit: $(VENV)/.synced
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
+
+# The schemathesis test of `make test`, with a long budget per document; FUZZ_SECONDS=60 for a shorter run.
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.synced
+	SCHEMATHESIS_MAX_TIME=$(FUZZ_SECONDS) $(RUN) pytest tests/e2e/test_api_fuzz.py -p no:cacheprovider
 
 bench: $(VENV)/.synced
 	$(RUN) python -m bench

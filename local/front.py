@@ -332,6 +332,13 @@ class _FrontHandler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._serve()
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, …) is routed too: no route has it, so it gets API Gateway's 404 as JSON,
+        # not http.server's HTML 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
     def _serve(self) -> None:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             self.close_connection = True

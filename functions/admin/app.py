@@ -63,8 +63,25 @@ def _operator() -> str:
 
 @app.get(
     "/admin/compensations",
+    operation_id="list_compensations",
     summary="List failed compensations, by status or all (failed first)",
-    responses=_admin(answer(200, CompensationPage, "a page of records, and where the next one starts")),
+    responses=_admin(
+        answer(
+            200,
+            CompensationPage,
+            "a page of records, and where the next one starts",
+            links={
+                "GetFirstCompensation": {
+                    "operationId": "get_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/items/0/id"},
+                },
+                "NextPage": {
+                    "operationId": "list_compensations",
+                    "parameters": {"query.cursor": "$response.body#/next_cursor"},
+                },
+            },
+        )
+    ),
 )
 @tracer.capture_method
 def list_compensations(
@@ -79,8 +96,26 @@ def list_compensations(
 
 @app.get(
     "/admin/compensations/<compensation_id>",
+    operation_id="get_compensation",
     summary="One failed-compensation record",
-    responses=_admin(answer(200, CompensationRecordOut, "the record"), errors=(CompensationNotFound,)),
+    responses=_admin(
+        answer(
+            200,
+            CompensationRecordOut,
+            "the record",
+            links={
+                "GetItsOrder": {
+                    "operationId": "get_admin_order",
+                    "parameters": {"path.order_id": "$response.body#/order_id"},
+                },
+                "RetryIt": {
+                    "operationId": "retry_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/id"},
+                },
+            },
+        ),
+        errors=(CompensationNotFound,),
+    ),
 )
 @tracer.capture_method
 def get_compensation(compensation_id: Annotated[str, COMPENSATION_ID]) -> Response[str]:
@@ -90,6 +125,7 @@ def get_compensation(compensation_id: Annotated[str, COMPENSATION_ID]) -> Respon
 
 @app.post(
     "/admin/compensations/<compensation_id>/retry",
+    operation_id="retry_compensation",
     summary="Queue a failed compensation for another try",
     responses=_admin(
         answer(202, CompensationRecordOut, "the record, pending and re-queued"),
@@ -107,6 +143,7 @@ def retry_compensation(
 
 @app.post(
     "/admin/compensations/<compensation_id>/resolve",
+    operation_id="resolve_compensation",
     summary="Resolve by hand; the order becomes COMPENSATED",
     responses=_admin(
         answer(200, CompensationRecordOut, "the record, resolved"),
@@ -124,6 +161,7 @@ def resolve_compensation(
 
 @app.get(
     "/admin/orders/<order_id>",
+    operation_id="get_admin_order",
     summary="An order with its history and failed-compensation records",
     responses=_admin(answer(200, AdminOrderOut, "the order, its history and its records"), errors=(OrderNotFound,)),
 )

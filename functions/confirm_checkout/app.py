@@ -33,11 +33,10 @@ from checkout.errors import (
     PaymentUnavailable,
     SessionClosed,
     SessionNotFound,
-    ValidationFailed,
     WarehouseTimeoutError,
     WarehouseUnavailableError,
 )
-from checkout.http_api import JsonApi, answer, answers, json_response, refuse_unreadable
+from checkout.http_api import JsonApi, answer, answers, json_response, refuse_unreadable, use_jwt_subject
 from checkout.observability import logger, metrics, tracer
 from checkout.orders import LineItem
 from checkout.runtime import runtime
@@ -56,8 +55,8 @@ CUSTOMER_ID = Header(
     max_length=MAX_ID_LENGTH,
     pattern=TOKEN_PATTERN,
     description=(
-        "the customer (printable ASCII without spaces, at most 128 characters); required unless a JWT authorizer"
-        " is configured, whose `sub` claim then is the customer and wins over this header"
+        "the customer (printable ASCII without spaces, at most 128 characters). When the API has a JWT authorizer,"
+        " the token's `sub` claim is the customer and replaces whatever this header says (it may then be omitted)"
     ),
     examples=["cus_1"],
 )
@@ -69,22 +68,37 @@ IDEMPOTENCY_KEY = Header(
 )
 
 
-def _customer(header_value: str | None) -> str:
-    """The customer is X-Customer-ID; when a JWT authorizer is configured its `sub` claim wins."""
-    authorizer = app.current_event.request_context.authorizer
-    claims = authorizer.jwt_claim if authorizer is not None else None
-    if claims and claims.get("sub"):
-        return str(claims["sub"])
-    if header_value is None:
-        raise ValidationFailed("x-customer-id: Field required")
-    return header_value
+# The order a confirm answered, read back by the same customer.
+ORDER_LINK = {
+    "GetOrder": {
+        "operationId": "get_order",
+        "parameters": {
+            "path.order_id": "$response.body#/order_id",
+            "header.x-customer-id": "$request.header.x-customer-id",
+        },
+    }
+}
 
 
 @app.post(
     "/checkout/sessions",
+    operation_id="create_session",
     summary="Open a checkout session and reserve its stock",
     responses=answers(
-        answer(201, SessionOut, "the session, open; its stock is reserved at the warehouse until expires_at"),
+        answer(
+            201,
+            SessionOut,
+            "the session, open; its stock is reserved at the warehouse until expires_at",
+            links={
+                "ConfirmSession": {
+                    "operationId": "confirm_checkout",
+                    "parameters": {
+                        "header.x-session-id": "$response.body#/session_id",
+                        "header.x-customer-id": "$response.body#/customer_id",
+                    },
+                }
+            },
+        ),
         errors=(OutOfStockError, WarehouseUnavailableError, WarehouseTimeoutError),
     ),
 )
@@ -103,11 +117,17 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
 
 @app.post(
     "/checkout/confirm",
+    operation_id="confirm_checkout",
     summary="Confirm a checkout: authorize, record, capture",
     responses=answers(
-        answer(200, ConfirmAnswer, "this session was confirmed before: its order, as it stands"),
-        answer(201, Confirmed, "authorized and captured: the order is confirmed"),
-        answer(202, PaymentPending, "authorized; the capture is being retried (the order shows when it is done)"),
+        answer(200, ConfirmAnswer, "this session was confirmed before: its order, as it stands", ORDER_LINK),
+        answer(201, Confirmed, "authorized and captured: the order is confirmed", ORDER_LINK),
+        answer(
+            202,
+            PaymentPending,
+            "authorized; the capture is being retried (the order shows when it is done)",
+            ORDER_LINK,
+        ),
         errors=(
             PaymentDeclinedError,
             SessionNotFound,
@@ -123,14 +143,13 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
 @tracer.capture_method
 def confirm_checkout(
     x_session_id: Annotated[str, SESSION_ID],
-    x_customer_id: Annotated[str | None, CUSTOMER_ID] = None,
+    x_customer_id: Annotated[str, CUSTOMER_ID],
     idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     body: Annotated[ConfirmRequest | None, Body()] = None,
 ) -> Response[str]:
-    customer_id = _customer(x_customer_id)
     result = runtime().confirmer.confirm(
         session_id=x_session_id,
-        customer_id=customer_id,
+        customer_id=x_customer_id,
         payment_method=body.payment_method if body else None,
         idempotency_key=idempotency_key,
         deadline=Deadline.from_context(app.lambda_context),
@@ -140,6 +159,7 @@ def confirm_checkout(
 
 @app.get(
     "/orders/<order_id>",
+    operation_id="get_order",
     summary="An order with its saga history",
     responses=answers(answer(200, OrderOut, "the order and its saga history"), errors=(OrderNotFound,)),
 )
@@ -148,9 +168,9 @@ def get_order(
     order_id: Annotated[
         str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, examples=["ord_1c2d3e4f"])
     ],
-    x_customer_id: Annotated[str | None, CUSTOMER_ID] = None,
+    x_customer_id: Annotated[str, CUSTOMER_ID],
 ) -> Response[str]:
-    order = runtime().confirmer.get_order(order_id, _customer(x_customer_id))
+    order = runtime().confirmer.get_order(order_id, x_customer_id)
     return json_response(HTTPStatus.OK, order.public_view())
 
 
@@ -161,4 +181,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm),
     # naming the variable, instead of turning into a 500 answer.
     runtime()
-    return refuse_unreadable(event) or app.resolve(event, context)
+    return refuse_unreadable(event) or app.resolve(use_jwt_subject(event, "x-customer-id"), context)

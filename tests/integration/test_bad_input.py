@@ -190,7 +190,8 @@ HOSTILE_TEXT = {
     [
         (with_item(quantity="1"), "quantity as a string"),
         (with_item(quantity=True), "quantity as a boolean"),
-        (with_item(quantity=1.0), "quantity as a float"),
+        (with_item(quantity=1.5), "quantity with a fraction"),
+        (with_item(quantity=None), "quantity null"),
         (with_item(unit_amount="100"), "unit_amount as a string"),
         (with_item(quantity=1001), "quantity above 1000"),
         (with_item(unit_amount=100_000_000), "unit_amount of 9 digits"),

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, Strict, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from checkout.currencies import ISO_4217
 from checkout.failed_compensations import FailedCompensation
@@ -44,8 +54,21 @@ PaymentMethod = Annotated[
         examples=["pm_card_visa"],
     ),
 ]
-# Strict: a JSON integer only; "1", 1.0 and true are refused, not coerced.
-StrictInt = Annotated[int, Strict()]
+
+
+def _json_integer(value: object) -> int:
+    """A JSON integer: a number with no fraction (JSON Schema counts 2.0 as the integer 2). Strings and booleans
+    are refused, not coerced, as pydantic's lax mode would ("1" and true taken as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer), Strict()]
 
 
 class LineItemIn(BaseModel):
@@ -58,8 +81,8 @@ class LineItemIn(BaseModel):
         description="printable ASCII without spaces, at most 64 characters",
         examples=["sku_mug"],
     )
-    quantity: StrictInt = Field(ge=1, le=MAX_QUANTITY, description="units, 1 to 1000", examples=[2])
-    unit_amount: StrictInt = Field(
+    quantity: JsonInt = Field(ge=1, le=MAX_QUANTITY, description="units, 1 to 1000", examples=[2])
+    unit_amount: JsonInt = Field(
         ge=0, le=MAX_UNIT_AMOUNT, description="price per unit in minor units (at most 8 digits)", examples=[1250]
     )
 
@@ -85,7 +108,12 @@ class CreateSessionRequest(BaseModel):
         # The list is documented; the validator below names the field in a short message instead of all codes.
         json_schema_extra={"enum": list[JsonValue](sorted(ISO_4217))},
     )
-    items: list[LineItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[LineItemIn] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description="at least one line with a price above zero: the cart's total must be above zero",
+        json_schema_extra={"contains": {"type": "object", "properties": {"unit_amount": {"minimum": 1}}}},
+    )
     payment_method: PaymentMethod | None = None
 
     @field_validator("currency")

@@ -19,7 +19,6 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import Field, RootModel, create_model
 
 from checkout.api_models import ErrorBody
@@ -189,6 +188,17 @@ def refuse_unreadable(event: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def use_jwt_subject(event: dict[str, Any], header: str) -> dict[str, Any]:
+    """The event with `header` set to the JWT's `sub` claim when a JWT authorizer verified one (section 5: the
+    claim wins), so the route's validation and code see one customer whichever way it was named."""
+    claims = (((event.get("requestContext") or {}).get("authorizer") or {}).get("jwt") or {}).get("claims") or {}
+    subject = claims.get("sub")
+    if not subject:
+        return event
+    headers = {name: value for name, value in (event.get("headers") or {}).items() if name.lower() != header}
+    return {**event, "headers": {**headers, header: str(subject)}}
+
+
 def refuse_oversized(event: dict[str, Any]) -> dict[str, Any] | None:
     """Kept for callers of the old name: every check of refuse_unreadable."""
     return refuse_unreadable(event)
@@ -229,12 +239,16 @@ def _model_of(error: type[CheckoutError]) -> type[ErrorBody]:
     return error_model(error.code, tuple(error.fields.items()))
 
 
-def answer(status: int, model: Any, description: str) -> dict[int, OpenAPIResponse]:
-    """One success answer of a route, for `answers`."""
-    return {status: {"description": description, "content": {"application/json": {"model": model}}}}
+def answer(status: int, model: Any, description: str, links: dict[str, Any] | None = None) -> dict[int, Any]:
+    """One success answer of a route, for `answers`; `links` (OpenAPI link objects) say which later request takes
+    what from it, for clients and for schemathesis' stateful phase."""
+    declared: dict[str, Any] = {"description": description, "content": {"application/json": {"model": model}}}
+    if links:
+        declared["links"] = links
+    return {status: declared}
 
 
-def answers(*successes: dict[int, OpenAPIResponse], errors: tuple[type[CheckoutError], ...] = ()) -> dict[int, Any]:
+def answers(*successes: dict[int, Any], errors: tuple[type[CheckoutError], ...] = ()) -> dict[int, Any]:
     """Every answer a route gives, for its `responses=` (next to the route): its successes, the errors it raises,
     and the errors every route answers (EVERY_ROUTE). Errors of one status are a union told apart by `error`."""
     declared: dict[int, Any] = {}
