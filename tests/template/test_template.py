@@ -494,7 +494,8 @@ def _grants(function_properties: dict[str, Any]) -> set[tuple[str, str]]:
     """Every (action, resource) a function's policies allow; fails on a policy it cannot read exactly."""
     granted: set[tuple[str, str]] = set()
     for policy in function_properties.get("Policies", []):
-        assert isinstance(policy, dict) and len(policy) == 1, policy
+        assert isinstance(policy, dict), policy
+        assert len(policy) == 1, policy
         [(kind, body)] = policy.items()
         if kind == "Statement":
             for statement in body:
@@ -514,7 +515,7 @@ def test_each_function_may_call_exactly_what_its_code_calls(resources: dict[str,
 
     assert granted == LEAST_PRIVILEGE[function]
     assert not any("*" in action.split(":", 1)[1] and not action.startswith("kms:") for action, _ in granted)
-    assert all('"*"' != resource for _, resource in granted)
+    assert all(resource != '"*"' for _, resource in granted)
 
 
 def test_no_function_may_delete_or_scan(resources: dict[str, Any]) -> None:
@@ -532,7 +533,8 @@ def test_every_dynamodb_call_in_the_code_is_granted_to_some_function(resources: 
     }
     granted = {a for f in LEAST_PRIVILEGE for a, _ in _grants(resources[f]["Properties"])}
 
-    assert "dynamodb:DeleteItem" not in needed and "dynamodb:Scan" not in needed
+    assert "dynamodb:DeleteItem" not in needed
+    assert "dynamodb:Scan" not in needed
     assert needed <= granted
 
 
