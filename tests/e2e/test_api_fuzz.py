@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from local.demo import LocalApi, run_scenario
 from local.stack_process import FREE_PORTS, StackProcess
 
 pytestmark = pytest.mark.e2e
@@ -28,11 +29,29 @@ MAX_TIME = os.environ.get("SCHEMATHESIS_MAX_TIME", "30")
 LOCAL_SIGV4 = "Authorization: AWS4-HMAC-SHA256 Credential=local/20261201/us-east-1/execute-api/aws4_request"
 
 
+# Short local periods so the seeding scenario converges quickly; the logic is the same at the template's values.
+FAST = (
+    "--visibility-timeout-override",
+    "1",
+    "--parameter",
+    "CaptureMaxRetries=2",
+    "--parameter",
+    "CompensationMaxRetries=2",
+)
+
+
 @pytest.fixture(scope="module")
 def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    """A stack of its own: what the fuzzer writes never meets the other end-to-end tests' assertions."""
-    stack = StackProcess.start(tmp_path_factory.mktemp("fuzz") / "stack.log", *FREE_PORTS)
+    """A stack of its own (what the fuzzer writes never meets the other end-to-end tests' assertions), holding a
+    failed compensation an operator retried, so the admin routes and their links have a real record and order."""
+    stack = StackProcess.start(tmp_path_factory.mktemp("fuzz") / "stack.log", *FREE_PORTS, *FAST)
     try:
+        api = LocalApi(stack.url)
+        try:
+            seeded = run_scenario(api, "void_fails_into_dlq", delay_seconds=1)
+        finally:
+            api.close()
+        assert seeded.passed, seeded.error or seeded.seen
         yield stack
     finally:
         stack.interrupt()

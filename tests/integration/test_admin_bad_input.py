@@ -84,3 +84,11 @@ def test_not_utf8_admin_body_is_400(runtime, nothing_changed) -> None:
 
     assert result["statusCode"] == 400
     assert json.loads(result["body"])["error"] == "invalid_body"
+
+
+@pytest.mark.parametrize("note", ["\x1f", "\u00a0 \t", "\ufeff", "voided\x00", "void\u202eed", "\x85"])
+def test_resolve_note_that_is_blank_or_has_control_characters_is_422(admin: Admin, nothing_changed, note: str) -> None:
+    response = admin("POST", "/admin/compensations/fc_ord_1_void_authorization/resolve", body={"note": note})
+
+    assert_refused(response, 422, "validation_error")
+    assert response.body["message"].startswith("note: must be text with at least one visible character")

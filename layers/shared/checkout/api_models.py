@@ -138,6 +138,19 @@ class ConfirmRequest(BaseModel):
 
 # Admin API (operators) --------------------------------------------------------------------------
 MAX_NOTE_LENGTH = 2000
+# A note is text for people, shown in the console and logs: no control characters but tab and newlines, no
+# bidi controls. The classes are written out, not \s or \S, because Python, Rust (pydantic) and ECMA-262
+# (the document's readers) each count different characters as whitespace; with explicit classes all three
+# accept exactly the same notes.
+_NOTE_CHAR = r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+# What a note is trimmed of: the blanks _VISIBLE_CHAR leaves out.
+_BLANKS = "\t\n\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" + "".join(map(chr, range(0x2000, 0x200B)))
+_VISIBLE_CHAR = (
+    r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+    r"\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+NOTE_PATTERN = f"^{_NOTE_CHAR}*{_VISIBLE_CHAR}{_NOTE_CHAR}*$"
+OPTIONAL_NOTE_PATTERN = f"^{_NOTE_CHAR}+$"
 
 
 class ResolveRequest(BaseModel):
@@ -148,23 +161,28 @@ class ResolveRequest(BaseModel):
     note: str = Field(
         min_length=1,
         max_length=MAX_NOTE_LENGTH,
-        pattern=r"\S",
-        description="what was done at the provider or warehouse to settle it (kept on the record); not blank",
+        pattern=NOTE_PATTERN,
+        description=(
+            "what was done at the provider or warehouse to settle it (kept on the record): at least one visible"
+            " character; no control characters but tab and newlines, no bidi controls"
+        ),
     )
 
     @field_validator("note")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must say what was done, it cannot be blank")
-        return value.strip()
+    def _trimmed(cls, value: str) -> str:
+        return value.strip(_BLANKS)
 
 
 class RetryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"note": "provider is back"}]})
 
     note: str | None = Field(
-        default=None, min_length=1, max_length=MAX_NOTE_LENGTH, description="why it is retried (kept on the record)"
+        default=None,
+        min_length=1,
+        max_length=MAX_NOTE_LENGTH,
+        pattern=OPTIONAL_NOTE_PATTERN,
+        description="why it is retried (kept on the record); no control characters but tab and newlines",
     )
 
 
@@ -296,3 +314,12 @@ AdminOrderOut = _public(
     hide=_LEASE,
     compensations=(list[CompensationRecordOut], Field(description="its failed-compensation records")),  # type: ignore[valid-type]
 )
+
+
+# What each pattern means, for the 422 message (pydantic would quote the regex).
+PATTERN_MEANINGS = {
+    TOKEN_PATTERN: "printable ASCII without spaces",
+    ID_PATTERN: "letters, digits, _ and - only",
+    NOTE_PATTERN: "text with at least one visible character and no control or bidi characters",
+    OPTIONAL_NOTE_PATTERN: "text with no control or bidi characters",
+}

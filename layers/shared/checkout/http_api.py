@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 )
 from pydantic import Field, RootModel, create_model
 
-from checkout.api_models import ErrorBody
+from checkout.api_models import PATTERN_MEANINGS, ErrorBody
 from checkout.errors import (
     CheckoutError,
     InternalError,
@@ -127,6 +127,9 @@ def answer_errors_as_json(app: APIGatewayHttpResolver) -> None:
                 where = "body"
             detail = (err.get("ctx") or {}).get("error") if err.get("type") == "json_invalid" else None
             message = err.get("msg") or err.get("type")
+            if err.get("type") == "string_pattern_mismatch":
+                pattern = str((err.get("ctx") or {}).get("pattern"))
+                message = f"must be {PATTERN_MEANINGS.get(pattern, 'in the format the API document gives')}"
             problems.append(f"{where}: {message}" + (f" ({detail})" if detail else ""))
         return json_response(422, {"error": "validation_error", "message": "; ".join(problems) or "invalid request"})
 
