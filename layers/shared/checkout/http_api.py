@@ -202,11 +202,6 @@ def use_jwt_subject(event: dict[str, Any], header: str) -> dict[str, Any]:
     return {**event, "headers": {**headers, header: str(subject)}}
 
 
-def refuse_oversized(event: dict[str, Any]) -> dict[str, Any] | None:
-    """Kept for callers of the old name: every check of refuse_unreadable."""
-    return refuse_unreadable(event)
-
-
 # OpenAPI --------------------------------------------------------------------------------------------
 def _pascal(code: str) -> str:
     return "".join(part.capitalize() for part in code.split("_"))
