@@ -112,6 +112,10 @@ def list_compensations(
                     "operationId": "retry_compensation",
                     "parameters": {"path.compensation_id": "$response.body#/id"},
                 },
+                "ResolveIt": {
+                    "operationId": "resolve_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/id"},
+                },
             },
         ),
         errors=(CompensationNotFound,),

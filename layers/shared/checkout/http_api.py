@@ -233,6 +233,26 @@ def either_error(models: tuple[type[ErrorBody], ...]) -> type[RootModel[Any]]:
     return model  # type: ignore[return-value]
 
 
+# The success models a merged answer stands for, so a third answer of the same status joins them.
+_ALTERNATIVES: dict[Any, tuple[Any, ...]] = {}
+
+
+def _either_success(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    models: list[Any] = []
+    for response in (first, second):
+        model = response["content"]["application/json"]["model"]
+        models.extend(_ALTERNATIVES.get(model, (model,)))
+    one_of: Any = functools.reduce(operator.or_, models)
+    name = "Or".join(m.__name__ for m in models)
+    either: Any = create_model(name, __base__=RootModel[one_of])
+    _ALTERNATIVES[either] = tuple(models)
+    merged = {**first, **second, "description": f"{first['description']}; or {second['description']}"}
+    merged["content"] = {"application/json": {"model": either}}
+    if "links" in first or "links" in second:
+        merged["links"] = {**first.get("links", {}), **second.get("links", {})}
+    return merged
+
+
 def _model_of(error: type[CheckoutError]) -> type[ErrorBody]:
     return error_model(error.code, tuple(error.fields.items()))
 
@@ -248,10 +268,14 @@ def answer(status: int, model: Any, description: str, links: dict[str, Any] | No
 
 def answers(*successes: dict[int, Any], errors: tuple[type[CheckoutError], ...] = ()) -> dict[int, Any]:
     """Every answer a route gives, for its `responses=` (next to the route): its successes, the errors it raises,
-    and the errors every route answers (EVERY_ROUTE). Errors of one status are a union told apart by `error`."""
+    and the errors every route answers (EVERY_ROUTE). Errors of one status are a union told apart by `error`;
+    two successes of one status (e.g. two kinds of 202) are one answer whose body is either model."""
     declared: dict[int, Any] = {}
     for success in successes:
-        declared.update(success)
+        for status, response in success.items():
+            if status in declared:
+                response = _either_success(declared[status], response)
+            declared[status] = response
     by_status: dict[int, list[type[CheckoutError]]] = {}
     for error in (*errors, *EVERY_ROUTE):
         if error.code not in {e.code for e in by_status.get(error.status, [])}:
