@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from local.demo import LocalApi, run_scenario
+from local.dynamodb_local import DynamoDBLocal
 from local.stack_process import FREE_PORTS, StackProcess
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +42,12 @@ FAST = (
 
 
 @pytest.fixture(scope="module")
-def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
+def fuzzed_stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: DynamoDBLocal) -> Iterator[StackProcess]:
     """A stack of its own (what the fuzzer writes never meets the other end-to-end tests' assertions), holding a
     failed compensation an operator retried, so the admin routes and their links have a real record and order."""
-    stack = StackProcess.start(tmp_path_factory.mktemp("fuzz") / "stack.log", *FREE_PORTS, *FAST)
+    # Tables of its own (stack name "fuzz") on the session's DynamoDB Local, as the other end-to-end stack does.
+    shared = ("--dynamodb-endpoint", dynamodb_local.url, "--stack-name", "fuzz")
+    stack = StackProcess.start(tmp_path_factory.mktemp("fuzz") / "stack.log", *FREE_PORTS, *shared, *FAST)
     try:
         api = LocalApi(stack.url)
         try:

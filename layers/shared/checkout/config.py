@@ -39,6 +39,8 @@ class Settings(BaseModel):
     circuit_failure_threshold: int = Field(alias="CIRCUIT_FAILURE_THRESHOLD", default=5, ge=1)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
     worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
+    # Partitions of each work queue in the due-index (docs/capacity.md); may only grow, see the runbook.
+    due_index_shards: int = Field(alias="DUE_INDEX_SHARDS", default=16, ge=1, le=64)
 
     @model_validator(mode="after")
     def _key_source(self) -> Settings:

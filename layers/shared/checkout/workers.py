@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order
-from checkout.saga import ConcurrentUpdate, Saga
+from checkout.saga import Claimable, ConcurrentUpdate, Saga
 
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
@@ -130,7 +130,7 @@ class RunBudget:
 
 
 def drain(
-    orders: Iterable[Order],
+    orders: Iterable[Claimable],
     task: Callable[[Order], str | None],
     *,
     saga: Saga,
@@ -146,7 +146,7 @@ def drain(
     Orders are read lazily, so a run that stops early reads no further page of the index.
     """
 
-    def claim_then(order: Order) -> str | None:
+    def claim_then(order: Claimable) -> str | None:
         if budget.circuit.is_open:
             return "skipped"
         try:
@@ -171,7 +171,7 @@ def drain(
     summary.circuit = budget.circuit.state
 
 
-def settle(step: Callable[[], str | None], order: Order, summary: RunSummary) -> None:
+def settle(step: Callable[[], str | None], order: Claimable, summary: RunSummary) -> None:
     """Run one order's step and count the outcome it names. An AWS error leaves the order leased, so it is due
     again once the lease ends; losing the order to another actor (its lease ran out) is that actor's business."""
     try:
