@@ -97,10 +97,11 @@ class JsonApi(APIGatewayHttpResolver):
         method, path = self.current_event.http_method.upper(), self.current_event.path
         routes = self._static_routes + self._dynamic_routes
         allowed = sorted({route.method for route in routes if route.rule.match(path)})
+        shown = path if len(path) <= 200 else f"{path[:200]}…"
         if allowed:
-            error: CheckoutError = MethodNotAllowed(f"{path} takes {', '.join(allowed)}, not {method}")
+            error: CheckoutError = MethodNotAllowed(f"{shown} takes {', '.join(allowed)}, not {method[:20]}")
             return json_response(error.status, error.body(), {"Allow": ", ".join(allowed)})
-        error = RouteNotFound(f"no route {method} {path}")
+        error = RouteNotFound(f"no route {method[:20]} {shown}")
         return json_response(error.status, error.body())
 
 
