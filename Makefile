@@ -23,15 +23,19 @@ DYNAMODB_LOCAL_VERSION := 11.1.0
 DYNAMODB_LOCAL_DIR     := $(TOOLS)/dynamodb-local
 DYNAMODB_LOCAL         := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERSION)
 JAVA_PACKAGE           := openjdk-17-jre-headless
+# The browser tests drive Debian's chromium through its own chromium-driver: never a downloaded browser.
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean
+.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean browsers console screenshots
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
 	@echo "make fuzz    schemathesis against both OpenAPI documents on a local stack, 10 min each (FUZZ_SECONDS)"
+	@echo "make console the operator console against the local stack (make run first)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
@@ -98,7 +102,20 @@ openapi-check: $(VENV)/.synced
 	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 	$(RUN) openapi-spec-validator docs/openapi.json docs/admin-openapi.json
 
-unit: $(VENV)/.synced dynamodb-local
+# Installs chromium and chromium-driver from Debian when they are missing (these machines run as root).
+browsers:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
+	else \
+	  echo "The browser tests (tests/browser) need Debian's chromium and chromium-driver at $(CHROMIUM) and $(CHROMEDRIVER)." >&2; \
+	  echo "Install them as root, then run make test again:" >&2; \
+	  echo "  sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2; \
+	  echo "(Ubuntu ships chromium as a snap without chromium-driver: use Debian, or a Debian container.)" >&2; \
+	  exit 1; \
+	fi
+
+unit: $(VENV)/.synced dynamodb-local browsers
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
@@ -119,6 +136,15 @@ run: $(VENV)/.synced dynamodb-local
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
 demo: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.demo $(ARGS)
+
+# `make console URL=http://127.0.0.1:3001` for a stack on another port.
+URL ?= http://127.0.0.1:3000
+console: $(VENV)/.synced
+	@$(RUN) checkout-admin console --local $(URL)
+
+# The console's screenshots in docs/ (the browser tests, writing their screenshots there).
+screenshots: $(VENV)/.synced dynamodb-local browsers
+	CONSOLE_SCREENSHOTS=docs $(RUN) pytest tests/browser -q -p no:cacheprovider
 
 build: $(SAM) layers/shared/requirements.txt
 	$(SAM) build --template template.yaml

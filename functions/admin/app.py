@@ -1,7 +1,7 @@
-"""admin: failed compensations (list, show, retry, resolve by hand) and orders, for operators (IAM auth)."""
+"""admin: failed compensations (list, show, retry, resolve), orders, the DLQ and KPIs, for operators (IAM auth)."""
 
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
@@ -14,6 +14,8 @@ from checkout.api_models import (
     AdminOrderOut,
     CompensationPage,
     CompensationRecordOut,
+    JsonObject,
+    RedriveRequest,
     ResolveRequest,
     RetryRequest,
 )
@@ -95,6 +97,18 @@ def list_compensations(
 
 
 @app.get(
+    "/admin/counts",
+    operation_id="get_counts",
+    summary="How many failed-compensation records are in each status",
+    responses=_admin(answer(200, JsonObject, "{compensations: {failed, retrying, pending, resolved}}")),
+)
+@tracer.capture_method
+def get_counts() -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, {"compensations": runtime().operator_actions.counts()})
+
+
+@app.get(
     "/admin/compensations/<compensation_id>",
     operation_id="get_compensation",
     summary="One failed-compensation record",
@@ -173,6 +187,61 @@ def resolve_compensation(
 def get_order(order_id: Annotated[str, ORDER_ID]) -> Response[str]:
     _operator()
     return json_response(HTTPStatus.OK, runtime().operator_actions.order(order_id))
+
+
+@app.get(
+    "/admin/compensations/<compensation_id>/provider-state",
+    operation_id="get_provider_state",
+    summary="What Stripe and the warehouse show now for a record's steps, and whether a retry can still help",
+    responses=_admin(answer(200, JsonObject, "{payment, reservation, steps, retry}"), errors=(CompensationNotFound,)),
+)
+@tracer.capture_method
+def get_provider_state(compensation_id: Annotated[str, COMPENSATION_ID]) -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().provider_states.of(compensation_id))
+
+
+@app.get(
+    "/admin/dlq",
+    operation_id="get_dlq",
+    summary="Depth of the failed-compensations DLQ and of its source queue, and recent redrive tasks",
+    responses=_admin(answer(200, JsonObject, "{dlq, queue, redrive_tasks}"), errors=(QueueUnavailable,)),
+)
+@tracer.capture_method
+def get_dlq() -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().dead_letters.status())
+
+
+@app.post(
+    "/admin/dlq/redrive",
+    operation_id="redrive_dlq",
+    summary="Move every DLQ message back to the failed-compensations queue",
+    responses=_admin(
+        answer(202, JsonObject, "the redrive task (or, where SQS has no move task, the messages moved)"),
+        errors=(QueueUnavailable,),
+    ),
+)
+@tracer.capture_method
+def redrive_dlq(body: Annotated[RedriveRequest | None, Body()] = None) -> Response[str]:
+    by = _operator()
+    result = runtime().dead_letters.redrive(max_per_second=body.max_per_second if body else None)
+    logger.info("operator redrove the DLQ", extra={"by": by, "result": result})
+    return json_response(HTTPStatus.ACCEPTED, {**result, "by": by})
+
+
+@app.get(
+    "/admin/kpis",
+    operation_id="get_kpis",
+    summary="Saga success rate, compensation failure rate, average resolution time and alert volume over a window",
+    responses=_admin(answer(200, JsonObject, "the four KPIs and the records created in the window")),
+)
+@tracer.capture_method
+def get_kpis(
+    window: Annotated[Literal["1h", "24h", "7d", "30d"], Query(description="how far back from now")] = "24h",
+) -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().kpis.over(window))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    RootModel,
     Strict,
     create_model,
     field_validator,
@@ -186,12 +187,24 @@ class RetryRequest(BaseModel):
     )
 
 
+class RedriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_second: JsonInt | None = Field(
+        default=None, ge=1, le=500, description="redrive velocity in messages per second (default: system optimized)"
+    )
+
+
 # Answers ------------------------------------------------------------------------------------------
 class ErrorBody(BaseModel):
     """Every error answer of both APIs (section 5); each code's model narrows `error` and adds its fields."""
 
     error: str = Field(description="machine-readable code, e.g. compensation_not_found")
     message: str = Field(description="what went wrong, for a person")
+
+
+class JsonObject(RootModel[dict[str, Any]]):
+    """A JSON object; the route's description names its fields."""
 
 
 class LineItemOut(BaseModel):
