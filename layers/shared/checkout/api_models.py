@@ -190,8 +190,12 @@ class RetryRequest(BaseModel):
 class RedriveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_per_second: JsonInt | None = Field(
-        default=None, ge=1, le=500, description="redrive velocity in messages per second (default: system optimized)"
+    # Absent means system optimized; null is not a velocity (so the document's integer 1..500 is exactly it).
+    max_per_second: JsonInt = Field(  # type: ignore[assignment]
+        default=None,
+        ge=1,
+        le=500,
+        description="redrive velocity in messages per second, 1 to 500 (absent: system optimized)",
     )
 
 
