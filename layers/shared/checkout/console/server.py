@@ -323,6 +323,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            # Say so: a client that is not told keeps the connection and sends its next request into a socket
+            # this server has closed (httpx: "Server disconnected without sending a response").
+            self.send_header("Connection", "close")
         self._common_headers()
         self.end_headers()
         self.wfile.write(body)
