@@ -37,6 +37,7 @@ class Settings(BaseModel):
     stale_saga_seconds: int = Field(alias="STALE_SAGA_SECONDS", default=120, ge=1)
     session_ttl_seconds: int = Field(alias="SESSION_TTL_SECONDS", default=1800, ge=60)
     circuit_failure_threshold: int = Field(alias="CIRCUIT_FAILURE_THRESHOLD", default=5, ge=1)
+    recovery_max_attempts: int = Field(alias="RECOVERY_MAX_ATTEMPTS", default=12, ge=1)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
     worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
 

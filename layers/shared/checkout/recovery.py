@@ -32,6 +32,8 @@ RECOVERED = "recovered"
 METRICS = {COMPENSATED: "OrdersCompensated", RECOVERED: "SagasRecovered", FAILED: "CompensationsFailedByWorker"}
 UNRECORDED_AUTHORIZE = frozenset({S.AUTHORIZING, S.AUTH_UNKNOWN})
 ROLL_FORWARD = frozenset({S.AUTHORIZED, S.CAPTURING})
+# Still COMPENSATING after a try: out of time, or its record not complete yet; due again.
+_OUTCOME = {S.COMPENSATED: COMPENSATED, S.COMPENSATION_FAILED: FAILED}
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,7 @@ class CompensationWorker:
             key_attempts=dict(order.key_attempts),
             authorization_id=order.authorization_id,
         )
-        after = self._compensator.finish(order, steps, reason=reason)
-        return FAILED if after.saga_state is S.COMPENSATION_FAILED else LEFT_DUE
+        return self._finish(order, steps, reason)
 
     def _compensate(self, order: Order, budget: RunBudget) -> str | _Deferred:
         reason = (
@@ -177,4 +178,4 @@ class CompensationWorker:
 
     def _finish(self, order: Order, steps: CompensationSteps, reason: str) -> str:
         finished = self._compensator.finish(order, steps, reason=reason)
-        return COMPENSATED if finished.saga_state is S.COMPENSATED else FAILED
+        return _OUTCOME.get(finished.saga_state, LEFT_DUE)

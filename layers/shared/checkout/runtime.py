@@ -210,6 +210,7 @@ class Runtime:
             payment_timeout=s.payment_timeout_seconds,
             circuit_failure_threshold=s.circuit_failure_threshold,
             concurrency=s.worker_concurrency,
+            max_recovery_attempts=s.recovery_max_attempts,
         )
 
     @cached_property
