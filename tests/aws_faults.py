@@ -89,11 +89,11 @@ class AwsFaults:
     # ---- hooks --------------------------------------------------------------------------------
     def _take(self, kinds: tuple[str, ...], operation: str, params: Params) -> _Fault | None:
         for fault in self._faults:
-            if fault.kind in kinds and fault.operation == operation and fault.fired < fault.times:
-                if fault.when(params):
-                    fault.fired += 1
-                    self.fired.append((fault.kind, operation))
-                    return fault
+            live = fault.kind in kinds and fault.operation == operation and fault.fired < fault.times
+            if live and fault.when(params):
+                fault.fired += 1
+                self.fired.append((fault.kind, operation))
+                return fault
         return None
 
     @staticmethod

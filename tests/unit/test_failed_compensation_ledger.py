@@ -190,12 +190,15 @@ def test_a_ledger_update_retried_after_it_went_through_reports_its_own_effect(
 
     if write == "claim":
         result = runtime.ledger.claim(made, owner="msg_1", lease_seconds=30)
-        assert result is not None and result.lease_owner == "msg_1"
+        assert result is not None
+        assert result.lease_owner == "msg_1"
     elif write == "resolve":
         result = runtime.ledger.resolve(made.id, by="dlq_processor")
-        assert result is not None and result.status == "resolved"
+        assert result is not None
+        assert result.status == "resolved"
     else:
         result = runtime.ledger.record_attempt_failure(made, error="void: 500", key_attempts={}, open_steps=[])
-        assert result is not None and result.retry_count == 1
+        assert result is not None
+        assert result.retry_count == 1
     [stored] = records(stack)
     assert stored["retry_count"] == (1 if write == "record_attempt_failure" else 0)
