@@ -34,6 +34,8 @@ CODE_ENVIRONMENT: dict[str, str | None] = {
     "STALE_SAGA_SECONDS": "StaleSagaSeconds",
     "SESSION_TTL_SECONDS": "SessionTtlSeconds",
     "CIRCUIT_FAILURE_THRESHOLD": "CircuitFailureThreshold",
+    "RECOVERY_MAX_ATTEMPTS": "RecoveryMaxAttempts",
+    "CONFIRM_TIMEOUT_SECONDS": None,
 }
 
 RESOURCE_ENVIRONMENT = {

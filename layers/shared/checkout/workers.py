@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from checkout.config import WRITE_MARGIN_SECONDS
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order
@@ -22,8 +23,6 @@ from checkout.saga import ConcurrentUpdate, Saga
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
 DEFAULT_CONCURRENCY = 16
-# Beyond one payment timeout, what a task needs to write its outcome (a claim and a transition).
-WRITE_MARGIN_SECONDS = 3.0
 # The value of the pause parameter that pauses nothing (SSM refuses empty values).
 NOTHING_PAUSED = "none"
 
