@@ -378,3 +378,51 @@ def test_a_release_takes_a_new_key_only_after_an_answer_was_received(
     expected = [f"{order_id}:release", f"{order_id}:release:2"] if second_key else [f"{order_id}:release"] * 2
     assert release_keys(warehouse, order_id) == expected
     assert stored(stack, order_id)["saga_state"] == "COMPENSATED"
+
+
+# --- something pages a person whatever the cause -------------------------------------------------
+
+
+def test_a_worker_that_cannot_write_an_outcome_reports_it_in_the_worker_errors_metric(
+    make_runtime, api: Api, stack, stripe, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a due capture, and an Orders table refusing the write that would record it as captured
+    from tests.integration.test_dlq_processor import emitted_metrics
+
+    session = open_session(api)
+    stripe.inject("capture", status=500, times=1)
+    order_id = confirm(api, session["session_id"]).body["order_id"]
+    clock.advance(61)
+    faults = AwsFaults(make_runtime().dynamodb)
+    faults.fail("UpdateItem", code="ThrottlingException", when=lambda p: "CAPTURED" in str(p))
+    capsys.readouterr()
+
+    summary = run_worker("capture_retry")
+
+    # Then the run counts the error and emits it, for the WorkerErrors alarm; the order is still due
+    assert summary["errors"] == 1
+    assert emitted_metrics(capsys.readouterr().out)["WorkerErrors"] == [1.0]
+    assert stored(stack, order_id)["work_queue"] == "capture"
+
+
+def test_an_order_nobody_moves_shows_in_the_oldest_overdue_metric_though_nothing_raised(
+    make_runtime, api: Api, stack, stripe, clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from checkout.workers import PauseSwitch
+    from tests.integration.test_dlq_processor import emitted_metrics
+
+    # Given a capture due in 60 s, and the retry worker paused (nothing fails, nothing raises)
+    runtime = make_runtime()
+    runtime.__dict__["pause_switch"] = PauseSwitch("paused-workers", fetch=lambda _: "capture_retry")
+    session = open_session(api)
+    stripe.inject("capture", status=500, times=1)
+    confirm(api, session["session_id"])
+    capsys.readouterr()
+
+    # When two hours pass with the worker invoked but paused
+    clock.advance(7200)
+    assert run_worker("capture_retry")["paused"] is True
+
+    # Then the metric shows the order's wait past its due time: about two hours, above the alarm's 1800 s
+    [overdue] = emitted_metrics(capsys.readouterr().out)["OldestOrderOverdueSeconds"]
+    assert 7200 - 61 - 5 <= overdue <= 7200

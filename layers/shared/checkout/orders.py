@@ -286,6 +286,20 @@ class OrderStore:
                 raise ConcurrentUpdate(f"order {order_id} was moved or claimed by another actor") from exc
             raise
 
+    def oldest_due_at(self, queue: WorkQueue) -> int | None:
+        """The earliest due_at in `queue`: one item of one Query on the due-index (its first key), or None."""
+        page = self._client.query(
+            TableName=self._table,
+            IndexName="due-index",
+            KeyConditionExpression="work_queue = :queue",
+            ExpressionAttributeValues={":queue": {"S": queue.value}},
+            ProjectionExpression="due_at",
+            ScanIndexForward=True,
+            Limit=1,
+        )
+        items = page.get("Items", [])
+        return int(items[0]["due_at"]["N"]) if items else None
+
     def due(self, queue: WorkQueue, now: int, *, page_size: int = 100) -> Iterator[Order]:
         """Orders in `queue` whose due_at has passed, oldest first, by a Query on the sparse due-index."""
         kwargs: dict[str, Any] = {
