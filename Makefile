@@ -20,13 +20,14 @@ CHECKOV    := $(TOOLS)/bin/checkov
 VENV       := $(CURDIR)/.venv
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo clean
+.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo chaos clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
+	@echo "make chaos   the model-based chaos test, long (CHAOS_EXAMPLES=2000, random seed)"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
 $(UV):
@@ -75,6 +76,13 @@ unit: $(VENV)/.synced
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
+
+# The chaos test of `make test`, run long: random examples, the shrunk counter-example printed on a failure
+# (hypothesis's "Falsifying example" steps and a @reproduce_failure blob to replay it).
+CHAOS_EXAMPLES ?= 2000
+chaos: $(VENV)/.synced
+	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
+	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 
 bench: $(VENV)/.synced
 	$(RUN) python -m bench

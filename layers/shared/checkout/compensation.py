@@ -163,7 +163,7 @@ class Compensator:
                 refund_id=steps.refund_id,
                 authorization_id=steps.authorization_id,
             )
-            self._close_incomplete_record(done)
+            self._close_open_records(done, keep=None, why="compensated before the record was complete")
             return done
         if steps.out_of_time:
             return self.leave_due(order, steps, reason=f"{reason}: out of time, left due")
@@ -173,6 +173,8 @@ class Compensator:
             return self.leave_due(
                 order, steps, reason=f"{reason}; {steps.error}; record incomplete", compensation_id=exc.record_id
             )
+        # Every step was tried again just now: what still fails is in this record, earlier ones are superseded.
+        self._close_open_records(order, keep=record.id, why=f"superseded by {record.id}")
         return self._saga.move(
             order,
             *path,
@@ -203,14 +205,16 @@ class Compensator:
             return self._saga.reschedule(order, **changes)
         return self._saga.move(order, SagaState.COMPENSATING, reason=reason[:500], **changes)
 
-    def _close_incomplete_record(self, order: Order) -> None:
-        """A record begun for this order before its compensation went through is resolved: the money is safe."""
-        if order.compensation_id is None:
-            return
+    def _close_open_records(self, order: Order, *, keep: str | None, why: str) -> None:
+        """Resolve the order's other open records: begun by an earlier try whose write or message or alert failed.
+
+        One Query on the order-index per compensated order (compensation is itself the rare path). An AWS error
+        leaves them open: their message, if any, finds them resolved or retries them.
+        """
         try:
-            record = self._ledger.get(order.compensation_id)
-            if record is not None and record.is_open:
-                self._ledger.resolve(record.id, by="compensation", key_attempts=order.key_attempts)
+            for record in self._ledger.for_order(order.order_id):
+                if record.is_open and record.id != keep:
+                    self._ledger.resolve(record.id, by="compensation", key_attempts=order.key_attempts)
+                    logger.info("open record closed", extra={"compensation_id": record.id, "why": why})
         except (ClientError, BotoCoreError):
-            # The record stays open with its message (if any): the dlq_processor finds the order COMPENSATED.
-            logger.exception("could not resolve the order's record", extra={"order_id": order.order_id})
+            logger.exception("could not close the order's earlier records", extra={"order_id": order.order_id})
