@@ -129,6 +129,17 @@ class World:
 WORLD: World | None = None
 
 
+class FrozenClock(Clock):
+    """The test's clock, frozen: only the rules move it, so an example replays the same (hypothesis shrinks it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = time.time()
+
+    def __call__(self) -> float:
+        return self._start + self.offset
+
+
 def world() -> World:
     assert WORLD is not None
     return WORLD
@@ -150,13 +161,13 @@ def chaos_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             WAREHOUSE_API_BASE_URL=warehouse.url,
             PAYMENT_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
             WAREHOUSE_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
-            CAPTURE_MAX_RETRIES="2",
+            CAPTURE_MAX_RETRIES="1",
             RECOVERY_MAX_ATTEMPTS="3",
             WORKER_CONCURRENCY="1",
         )
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        clock = Clock()
+        clock = FrozenClock()
         dynamodb = SerializedClient(boto3.client("dynamodb", config=AWS_CONFIG))
         sns = boto3.client("sns", config=AWS_CONFIG)
         runtime = Runtime(Settings.from_environ(env), clock=clock, dynamodb=dynamodb, sqs=sqs, sns=sns)
@@ -274,6 +285,7 @@ def fix_by_hand(w: World, record: dict[str, Any]) -> None:
 
 STRIPE_FAULTS = st.sampled_from(
     [
+        {"status": 402},  # authorize: the card is declined
         {"status": 500},
         {"status": 502},
         {"status": 429},
@@ -281,8 +293,30 @@ STRIPE_FAULTS = st.sampled_from(
         {"delay": SLOW},
     ]
 )
-DYNAMODB_WRITES = st.sampled_from(["PutItem", "UpdateItem", "TransactWriteItems"])
+TIMES = st.sampled_from([1, 3, None])
+# Capture and cancel twice as likely: they lead to compensation, the paths this test is about.
+PAYMENT_OPERATIONS = ["authorize", "capture", "capture", "cancel", "cancel", "retrieve", "search", "refund"]
+WAREHOUSE_FAULTS = st.sampled_from([{"status": 500}, {"status": 503}, {"lose_response": True}, {"delay": SLOW}])
+# Every write our code makes, the SQS send and the SNS publish.
+# (a fault plan, below, is armed by an actor's step just before it acts: a step is a confirm or a run *under* faults)
+AWS_TARGETS = st.sampled_from(
+    [
+        ("dynamodb", "TransactWriteItems", "orders"),  # create an order
+        ("dynamodb", "UpdateItem", "orders"),  # transitions, claims, releases
+        ("dynamodb", "PutItem", "orders"),  # sessions
+        ("dynamodb", "PutItem", "ledger"),  # a failed-compensation record
+        ("dynamodb", "UpdateItem", "ledger"),  # claims, alert flags, retries, resolutions
+        ("sqs", "SendMessage", ""),
+        ("sns", "Publish", ""),
+    ]
+)
 AWS_FAULT_KINDS = st.sampled_from(["throttle", "internal", "lose", "retry", "crash_before", "crash_after"])
+FAULT = st.one_of(
+    st.tuples(st.just("payment"), st.sampled_from(PAYMENT_OPERATIONS), STRIPE_FAULTS, TIMES),
+    st.tuples(st.just("warehouse"), st.just("release"), WAREHOUSE_FAULTS, TIMES),
+    st.tuples(st.just("aws"), AWS_TARGETS, AWS_FAULT_KINDS, st.sampled_from([1, 2, 6])),
+)
+FAULT_PLAN = st.lists(FAULT, max_size=3)
 
 
 class CheckoutChaos(RuleBasedStateMachine):
@@ -297,47 +331,70 @@ class CheckoutChaos(RuleBasedStateMachine):
         self.ambiguous_alert = False
 
     # sessions and confirms ----------------------------------------------------------------------
-    @rule(target=sessions, n=st.integers(0, 3), card=st.sampled_from(["pm_card_visa", "pm_card_chargeDeclined"]))
-    def open_session(self, n: int, card: str) -> Any:
+    @rule(
+        target=sessions,
+        n=st.integers(0, 3),
+        card=st.sampled_from(["pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined"]),
+        how=st.sampled_from(["once", "once", "twice_at_once", "client_retry"]),
+        plan=FAULT_PLAN,
+    )
+    def customer_checks_out(self, n: int, card: str, how: str, plan: list[Any]) -> Any:
         customer = f"cus_{n}"
         body = {"customer_id": customer, "payment_method": card, **CART}
         answer = survive(lambda: api("POST", "/checkout/sessions", body=body, iam=True))
         if answer is None or answer[0] != 201:
             return multiple()
-        return (answer[1]["session_id"], customer)
+        session = (answer[1]["session_id"], customer)
+        self.arm(plan)
+        if how == "twice_at_once":
+            threads = [threading.Thread(target=self.customer_confirms_again, args=(session,)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        else:
+            self.customer_confirms_again(session)
+            if how == "client_retry":
+                self.customer_confirms_again(session)
+        return session
 
-    @rule(session=sessions)
-    def confirm(self, session: tuple[str, str]) -> None:
+    @rule(session=sessions, plan=FAULT_PLAN)
+    def customer_comes_back(self, session: tuple[str, str], plan: list[Any]) -> None:
+        self.arm(plan)
+        self.customer_confirms_again(session)
+
+    def customer_confirms_again(self, session: tuple[str, str]) -> None:
         session_id, customer = session
         headers = {"X-Session-ID": session_id, "X-Customer-ID": customer}
         survive(lambda: api("POST", "/checkout/confirm", headers=headers))
 
-    @rule(session=sessions)
-    def confirm_twice_at_once(self, session: tuple[str, str]) -> None:
-        threads = [threading.Thread(target=self.confirm, args=(session,)) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    # faults: each lasts for 1 or 3 calls, or until `heal` (outages, not only blips) ----------------
+    def arm(self, plan: list[tuple[str, Any, Any, Any]]) -> None:
+        for family, where, fault, times in plan:
+            if family == "payment":
+                self.payment_fault(where, fault, times)
+            elif family == "warehouse":
+                self.w.warehouse.inject("release", times=times, **fault)
+            else:
+                self.aws_fault(where, fault, times)
 
-    # faults -------------------------------------------------------------------------------------
-    @rule(
-        operation=st.sampled_from(["authorize", "capture", "cancel", "retrieve", "search", "refund"]),
-        fault=STRIPE_FAULTS,
-    )
-    def payment_fault(self, operation: str, fault: dict[str, Any]) -> None:
-        self.w.stripe.inject(operation, times=1, **fault)
+    def payment_fault(self, operation: str, fault: dict[str, Any], times: int | None) -> None:
+        if fault == {"status": 402}:
+            if operation == "authorize":  # the card is declined (a business answer, not a fault)
+                self.w.stripe.inject("authorize", decline=True, times=1)
+        else:
+            self.w.stripe.inject(operation, times=times, **fault)
 
-    @rule()
-    def card_declined_at_authorize(self) -> None:
-        self.w.stripe.inject("authorize", decline=True, times=1)
-
-    @rule(fault=st.sampled_from([{"status": 500}, {"status": 503}, {"lose_response": True}, {"delay": SLOW}]))
-    def warehouse_fault(self, fault: dict[str, Any]) -> None:
-        self.w.warehouse.inject("release", times=1, **fault)
-
-    @rule(operation=DYNAMODB_WRITES, kind=AWS_FAULT_KINDS, table=st.sampled_from(["orders", "ledger"]))
-    def dynamodb_fault(self, operation: str, kind: str, table: str) -> None:
+    def aws_fault(self, where: tuple[str, str, str], kind: str, times: int) -> None:
+        service, operation, table = where
+        if service == "sqs":
+            self._arm(self.w.sqs, operation, "crash_after" if kind == "retry" else kind, lambda _: True, times)
+            return
+        if service == "sns":
+            self._arm(self.w.sns, operation, "throttle" if kind == "retry" else kind, lambda _: True, times)
+            if kind in ("lose", "crash_after"):
+                self.ambiguous_alert = True  # the alert went out unseen
+            return
         name = self.w.stack.physical["OrdersTable" if table == "orders" else "FailedCompensationsTable"]["Ref"]
 
         def on_table(params: dict[str, Any]) -> bool:
@@ -345,78 +402,68 @@ class CheckoutChaos(RuleBasedStateMachine):
                 return any(name in json.dumps(item) for item in params["TransactItems"])
             return params.get("TableName") == name
 
-        self._arm(self.w.dynamodb, operation, kind, on_table)
-        if table == "ledger" and operation == "UpdateItem" and kind in ("lose", "crash_after", "throttle", "internal"):
+        self._arm(self.w.dynamodb, operation, kind, on_table, times)
+        if table == "ledger" and operation == "UpdateItem" and kind != "retry":
             self.ambiguous_alert = True  # it may be the write marking a published alert as sent
 
-    @rule(kind=st.sampled_from(["throttle", "internal", "lose"]))
-    def sqs_fault(self, kind: str) -> None:
-        self._arm(self.w.sqs, "SendMessage", kind, lambda _: True)
-
-    @rule(kind=st.sampled_from(["throttle", "internal", "lose", "crash_after"]))
-    def sns_fault(self, kind: str) -> None:
-        self._arm(self.w.sns, "Publish", kind, lambda _: True)
-        if kind in ("lose", "crash_after"):
-            self.ambiguous_alert = True
+    @rule()
+    def heal(self) -> None:
+        self.w.heal()
 
     @staticmethod
-    def _arm(faults: AwsFaults, operation: str, kind: str, when: Callable[[dict[str, Any]], bool]) -> None:
+    def _arm(faults: AwsFaults, operation: str, kind: str, when: Callable[[dict[str, Any]], bool], times: int) -> None:
         if kind == "throttle":
-            faults.fail(operation, code="ThrottlingException", when=when)
+            faults.fail(operation, code="ThrottlingException", when=when, times=times)
         elif kind == "internal":
-            faults.fail(operation, code="InternalServerError", when=when)
+            faults.fail(operation, code="InternalServerError", when=when, times=times)
         elif kind == "lose":
-            faults.lose_answer(operation, when=when)
+            faults.lose_answer(operation, when=when, times=times)
         elif kind == "retry":
-            faults.retry_after_success(operation, when=when)
+            faults.retry_after_success(operation, when=when, times=times)
         else:
-            faults.crash(operation, after=kind == "crash_after", when=when)
+            faults.crash(operation, after=kind == "crash_after", when=when, times=times)
 
     # actors -------------------------------------------------------------------------------------
-    @rule()
-    def capture_retry_runs(self) -> None:
-        run_worker("capture_retry")
-
-    @rule()
-    def compensation_runs(self) -> None:
-        run_worker("compensation")
-
-    @rule()
-    def sqs_delivers(self) -> None:
-        deliver_once(self.w)
-
-    @rule()
-    def sqs_delivers_a_duplicate(self) -> None:
-        found = self.w.records()
-        if found:
-            survive(lambda: self.w.runtime.ledger.send_message(found[0]["id"]))
-
-    @rule()
-    def operator_redrives_the_dlq(self) -> None:
-        redrive(self.w)
-
-    @rule(pick=st.integers(0, 5))
-    def operator_retries(self, pick: int) -> None:
-        open_ = [r for r in self.w.records() if r["status"] != "resolved"]
-        if open_:
-            record = open_[pick % len(open_)]
-            with contextlib.suppress(CompensationResolved, QueueUnavailable):
-                survive(lambda: self.w.runtime.operator_actions.retry(record["id"], by=OPERATOR))
-
-    @rule(pick=st.integers(0, 5))
-    def operator_fixes_and_resolves(self, pick: int) -> None:
-        open_ = [r for r in self.w.records() if r["status"] != "resolved"]
-        if open_:
-            record = open_[pick % len(open_)]
-            self.w.wait_for_providers()
-            fix_by_hand(self.w, record)
-            with contextlib.suppress(CompensationResolved):
-                survive(lambda: self.w.runtime.operator_actions.resolve(record["id"], by=OPERATOR, note="fixed"))
-
-    @rule(seconds=st.sampled_from([30, 61, 121, 601, 1801]))
-    def time_passes(self, seconds: int) -> None:
+    @rule(
+        seconds=st.sampled_from([30, 61, 601, 1801]),
+        workers=st.sampled_from([("capture_retry",), ("compensation",), ("capture_retry", "compensation")]),
+        plan=FAULT_PLAN,
+    )
+    def time_passes_and_workers_run(self, seconds: int, workers: tuple[str, ...], plan: list[Any]) -> None:
+        self.arm(plan)
         self.w.clock.advance(seconds)
         visibility_expires(self.w)
+        for name in workers:
+            run_worker(name)
+
+    @rule(duplicate=st.booleans(), plan=FAULT_PLAN)
+    def sqs_delivers(self, duplicate: bool, plan: list[Any]) -> None:
+        self.arm(plan)
+        if duplicate:
+            found = self.w.records()
+            if found:
+                survive(lambda: self.w.runtime.ledger.send_message(found[-1]["id"]))
+        deliver_once(self.w)
+
+    @rule(action=st.sampled_from(["redrive", "retry", "resolve"]), pick=st.integers(0, 5), plan=FAULT_PLAN)
+    def operator_acts(self, action: str, pick: int, plan: list[Any]) -> None:
+        self.arm(plan)
+        if action == "redrive":
+            redrive(self.w)
+            return
+        open_ = [r for r in self.w.records() if r["status"] != "resolved"]
+        if not open_:
+            return
+        record = open_[pick % len(open_)]
+        if action == "retry":
+            with contextlib.suppress(CompensationResolved, QueueUnavailable):
+                survive(lambda: self.w.runtime.operator_actions.retry(record["id"], by=OPERATOR))
+            return
+        # The runbook: fix it at the provider by hand first, then resolve the record.
+        self.w.wait_for_providers()
+        fix_by_hand(self.w, record)
+        with contextlib.suppress(CompensationResolved):
+            survive(lambda: self.w.runtime.operator_actions.resolve(record["id"], by=OPERATOR, note="fixed"))
 
     # invariants ---------------------------------------------------------------------------------
     @invariant()
@@ -424,7 +471,13 @@ class CheckoutChaos(RuleBasedStateMachine):
         w = self.w
         alerts, order_items, record_items = w.read_alerts(), w.orders(), w.records()
         assert_money_invariants(
-            w.stack, w.stripe, w.warehouse, converged=False, order_items=order_items, record_items=record_items
+            w.stack,
+            w.stripe,
+            w.warehouse,
+            converged=False,
+            settling=True,
+            order_items=order_items,
+            record_items=record_items,
         )
         self._alerts_are_one_per_record(alerts, record_items, complete_only=True)
         by_id = {r["id"]: r for r in record_items}
