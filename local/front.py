@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import re
 import secrets
 import sys
@@ -23,6 +24,9 @@ from local.template_stack import TemplateStack
 HOST = "127.0.0.1"
 # API Gateway's payload limit for HTTP APIs.
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# The most one POST /_local/clock may move the clock: a year ages anything this system waits for (capture
+# backoff, stale sagas, a week's authorization expiry); a bigger number is a typo, not a test.
+MAX_CLOCK_ADVANCE_SECONDS = 366 * 24 * 3600
 _TEXT_TYPES = re.compile(r"^text/|json|xml|javascript|x-www-form-urlencoded|graphql", re.IGNORECASE)
 _PARAM = re.compile(r"^\{([^{}+]+)(\+?)\}$")
 
@@ -400,13 +404,31 @@ class _FrontHandler(BaseHTTPRequestHandler):
         return json_answer(404, {"error": "not_found", "message": f"no local endpoint {self.command} {path}"})
 
     def _advance_clock(self, body: bytes) -> HttpAnswer:
+        """Moves the clock by a JSON number of seconds, finite and in [0, one year]; anything else is a 422
+        and the clock stays where it was (json.loads reads NaN and Infinity, so they are refused by value)."""
+        expected = f'body must be {{"advance_seconds": <number from 0 to {MAX_CLOCK_ADVANCE_SECONDS}>}}'
         try:
             spec = json.loads(body or b"{}")
-            seconds = float(spec["advance_seconds"])
-            return json_answer(200, self.server.control.advance_clock(seconds))
-        except (ValueError, KeyError, TypeError) as exc:
-            message = f'body must be {{"advance_seconds": <number >= 0>}} ({exc})'
+        except ValueError as exc:
+            return json_answer(422, {"error": "validation_error", "message": f"{expected} (not JSON: {exc})"})
+        seconds = spec.get("advance_seconds") if isinstance(spec, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return json_answer(422, {"error": "validation_error", "message": f"{expected}, got {seconds!r}"})
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_CLOCK_ADVANCE_SECONDS:
+            message = f"{expected}; {seconds!r} is out of range (the clock only moves forward)"
             return json_answer(422, {"error": "validation_error", "message": message})
+        return json_answer(200, self.server.control.advance_clock(float(seconds)))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (414 URI too long, 431 headers too large, 501 unknown method, 400 bad
+        request line) in the front's JSON shape instead of its HTML page; the connection is closed after."""
+        short, long = self.responses.get(code, ("Error", "error"))
+        error = re.sub(r"[^a-z0-9]+", "_", short.lower()).strip("_") or "error"
+        answer = json_answer(code, {"error": error, "message": message or explain or long})
+        self.close_connection = True
+        if not self.command:
+            self.command = "GET"  # the request line was unreadable: answer as to a GET (with a body)
+        self._send(answer)
 
     def _send(self, answer: HttpAnswer) -> None:
         with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import threading
 import time
@@ -40,8 +41,8 @@ class LocalClock:
         return self._offset
 
     def advance(self, seconds: float) -> float:
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("the clock only moves forward, by a finite number of seconds")
         with self._lock:
             self._offset += seconds
             return self._offset
@@ -96,6 +97,9 @@ class LocalFunction:
     region: str
     account: str
     handler: Handler | None = None
+    # Called (from a timer thread) the moment a run passes its Timeout while still running: the local stack
+    # logs it then, as Lambda logs "Task timed out", not only when (if ever) the handler returns.
+    on_timeout: Callable[[LocalFunction, float], None] | None = None
 
     @property
     def arn(self) -> str:
@@ -129,16 +133,30 @@ class LocalFunction:
         context = self.context()
         started = time.perf_counter()
         invocation = Invocation()
+        watchdog = threading.Timer(self.timeout_seconds, self._timed_out, args=(context.aws_request_id,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             invocation.result = self.handler(event, context)
         except Exception as exc:
             invocation.error = exc
             print(f"[{self.logical_id}] {type(exc).__name__}: {exc}", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
+        finally:
+            watchdog.cancel()
         invocation.duration_ms = (time.perf_counter() - started) * 1000
         # A Python thread cannot be stopped, so the run finishes; but AWS would have cut it off here.
         invocation.timed_out = invocation.duration_ms > self.timeout_seconds * 1000
         return invocation
+
+    def _timed_out(self, request_id: str) -> None:
+        if self.on_timeout is not None:
+            self.on_timeout(self, self.timeout_seconds)
+        else:
+            print(
+                f"[{self.logical_id}] {request_id} Task timed out after {self.timeout_seconds:.2f} seconds",
+                file=sys.stderr,
+            )
 
 
 def discover_functions(stack: TemplateStack) -> dict[str, LocalFunction]:
@@ -192,6 +210,13 @@ class InvocationLog:
         text = f"{stamp}  {function.logical_id:<28} {trigger:<34} {outcome}  {invocation.duration_ms:.0f} ms"
         with self._lock:
             print(text, file=self._stream or sys.stdout, flush=True)
+
+    def timed_out(self, function: LocalFunction, seconds: float) -> None:
+        """Lambda's own words the moment a run passes its Timeout; its result line follows when it returns."""
+        self.note(
+            f"{function.logical_id:<28} Task timed out after {seconds:.2f} seconds (still running here; "
+            "AWS would have stopped it and answered an error)"
+        )
 
     def note(self, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]

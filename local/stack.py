@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import boto3
 from moto.server import ThreadedMotoServer
 
+from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.fake_payment import DEFAULT_PORT as PAYMENT_PORT
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import DEFAULT_PORT as WAREHOUSE_PORT
@@ -33,6 +34,7 @@ from local.template_stack import TemplateStack
 HOST = "127.0.0.1"
 FRONT_PORT = 3000
 MOTO_PORT = 12100
+DYNAMODB_PORT = 12120
 DEFAULT_SCHEDULE_PERIOD = 10.0
 DEFAULT_VISIBILITY_TIMEOUT = 5
 LOCAL_PAYMENT_API_KEY = "sk_test_local"
@@ -47,10 +49,19 @@ class PortInUse(Exception):
     """A port the stack needs is taken; the message says which and how to choose another."""
 
 
+class CannotStart(Exception):
+    """Something the stack needs is missing (Java, DynamoDB Local); the message says what to install."""
+
+
 @dataclass
 class StackOptions:
     port: int = FRONT_PORT
     moto_port: int = MOTO_PORT
+    dynamodb_port: int = DYNAMODB_PORT
+    # An already-running DynamoDB Local to use instead of starting one (the stack's tables are made there at
+    # start and dropped at stop, so a test session can share one instance between stacks of other names).
+    dynamodb_endpoint: str | None = None
+    stack_name: str = "checkout-local"
     payment_port: int = PAYMENT_PORT
     warehouse_port: int = WAREHOUSE_PORT
     schedule_period: float = DEFAULT_SCHEDULE_PERIOD
@@ -100,6 +111,8 @@ class LocalStack:
         self.clock = LocalClock()
         self.moto: _MotoServer | None = None
         self.moto_url = ""
+        self.dynamodb: DynamoDBLocal | None = None
+        self.dynamodb_url = ""
         self.payment: FakeStripe | None = None
         self.warehouse: FakeWarehouse | None = None
         self.stack: TemplateStack | None = None
@@ -128,16 +141,24 @@ class LocalStack:
             [
                 ("HTTP front", opts.port, "--port"),
                 ("moto server", opts.moto_port, "--moto-port"),
+                *([] if opts.dynamodb_endpoint else [("DynamoDB Local", opts.dynamodb_port, "--dynamodb-port")]),
                 ("fake payment provider", opts.payment_port, "--payment-port"),
                 ("fake warehouse", opts.warehouse_port, "--warehouse-port"),
             ]
         )
         self._start_moto()
+        self._start_dynamodb()
         self.payment = _start_fake(FakeStripe(opts.payment_port), "fake payment provider", "--payment-port")
         self.warehouse = _start_fake(FakeWarehouse(opts.warehouse_port), "fake warehouse", "--warehouse-port")
 
         self.parameters = opts.template_parameters(self.payment.url, self.warehouse.url)
-        self.stack = TemplateStack(parameters=self.parameters, region=opts.region, endpoint_url=self.moto_url)
+        self.stack = TemplateStack(
+            stack_name=opts.stack_name,
+            parameters=self.parameters,
+            region=opts.region,
+            endpoint_url=self.moto_url,
+            dynamodb_endpoint_url=self.dynamodb_url,
+        )
         self.stack.deploy()
         self._override_visibility()
 
@@ -146,6 +167,7 @@ class LocalStack:
         self._install_runtime()
         for function in self.functions.values():
             function.load()
+            function.on_timeout = self.log.timed_out
 
         routes = http_routes(self.stack, self.functions)
         try:
@@ -181,6 +203,22 @@ class LocalStack:
         )
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
             self._setenv({name: None})
+
+    def _start_dynamodb(self) -> None:
+        """AWS's DynamoDB Local (moto's DynamoDB copies the table on every transaction and is not thread-safe);
+        botocore sends every DynamoDB call there through AWS_ENDPOINT_URL_DYNAMODB, the rest goes to moto."""
+        if self.options.dynamodb_endpoint:
+            self.dynamodb_url = self.options.dynamodb_endpoint.rstrip("/")
+        else:
+            try:
+                self.dynamodb = DynamoDBLocal(self.options.dynamodb_port, host=HOST).start()
+            except DynamoDBLocalError as exc:
+                if "BindException" in str(exc) or "Address already in use" in str(exc):
+                    port = self.options.dynamodb_port
+                    raise PortInUse(_port_message("DynamoDB Local", port, "--dynamodb-port")) from exc
+                raise CannotStart(str(exc)) from exc
+            self.dynamodb_url = self.dynamodb.url
+        self._setenv({"AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb_url})
 
     def _override_visibility(self) -> None:
         seconds = self.options.visibility_timeout_override
@@ -250,6 +288,12 @@ class LocalStack:
         if self.moto is not None:
             self.moto.stop()
             self.moto = None
+        if self.dynamodb is not None:
+            self.dynamodb.stop()
+            self.dynamodb = None
+        elif self.stack is not None and self.dynamodb_url:
+            with contextlib.suppress(Exception):  # a shared instance: leave it as we found it
+                self.stack.delete_tables()
         with contextlib.suppress(ImportError):
             from checkout.runtime import use_runtime
 
@@ -281,6 +325,7 @@ class LocalStack:
         return {
             "api": self.url,
             "moto": self.moto_url,
+            "dynamodb": self.dynamodb_url,
             "payment": self.payment.url,
             "warehouse": self.warehouse.url,
             "region": self.stack.region,
@@ -387,6 +432,11 @@ class LocalStack:
         now = datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return {"offset_seconds": self.clock.offset, "now": now}
 
+    def _dynamodb_note(self) -> str:
+        own = "in memory, " if self.dynamodb is not None else "shared instance, "
+        pid = f"pid {self.dynamodb.pid}; " if self.dynamodb is not None else ""
+        return f"AWS's emulator, {own}{pid}AWS_ENDPOINT_URL_DYNAMODB"
+
     def banner(self) -> str:
         assert self.stack is not None
         assert self.front is not None
@@ -397,7 +447,8 @@ class LocalStack:
         rows = [
             ("HTTP API (front)", self.url, "the template's HttpApi routes, API Gateway v2 events"),
             ("local endpoints", f"{self.url}/_local/", "functions, run/<function>, clock, stack, health"),
-            ("moto (AWS APIs)", self.moto_url, "DynamoDB, SQS, SNS, Secrets Manager, SSM"),
+            ("DynamoDB Local", self.dynamodb_url, self._dynamodb_note()),
+            ("moto (AWS APIs)", self.moto_url, "SQS, SNS, Secrets Manager, SSM"),
             ("fake payment", self.payment.url, "Stripe PaymentIntents; POST /_faults, GET /_ledger"),
             ("fake warehouse", self.warehouse.url, "reservations; POST /_faults, GET /_ledger"),
         ]
@@ -408,7 +459,7 @@ class LocalStack:
             for index, trigger in enumerate(self._triggers_of(function) or [{"type": "(none)"}]):
                 name = function.logical_id if index == 0 else ""
                 lines.append(f"  {name:<28} {_trigger_text(trigger, self.options.schedule_period)}")
-        lines += ["", f"  {'resource (on moto)':<28} {'type':<28} name"]
+        lines += ["", f"  {'resource':<28} {'type':<28} name (tables on DynamoDB Local, the rest on moto)"]
         for name, ids in self.stack.physical.items():
             kind = self.stack.resources[name]["Type"]
             lines.append(f"  {name:<28} {kind:<28} {ids.get('QueueName', ids['Ref'])}")
@@ -483,6 +534,17 @@ def parse_args(argv: Sequence[str] | None) -> StackOptions:
     )
     parser.add_argument("--port", type=int, default=FRONT_PORT, help=f"HTTP front (default {FRONT_PORT})")
     parser.add_argument("--moto-port", type=int, default=MOTO_PORT, help=f"moto server (default {MOTO_PORT})")
+    parser.add_argument(
+        "--dynamodb-port", type=int, default=DYNAMODB_PORT, help=f"DynamoDB Local (default {DYNAMODB_PORT})"
+    )
+    parser.add_argument(
+        "--dynamodb-endpoint",
+        metavar="URL",
+        help="use this running DynamoDB Local instead of starting one (the stack makes and drops its tables there)",
+    )
+    parser.add_argument(
+        "--stack-name", default="checkout-local", help="prefix of every resource name (default checkout-local)"
+    )
     parser.add_argument("--payment-port", type=int, default=PAYMENT_PORT, help=f"fake payment (default {PAYMENT_PORT})")
     parser.add_argument(
         "--warehouse-port", type=int, default=WAREHOUSE_PORT, help=f"fake warehouse (default {WAREHOUSE_PORT})"
@@ -529,6 +591,9 @@ def parse_args(argv: Sequence[str] | None) -> StackOptions:
     return StackOptions(
         port=args.port,
         moto_port=args.moto_port,
+        dynamodb_port=args.dynamodb_port,
+        dynamodb_endpoint=args.dynamodb_endpoint,
+        stack_name=args.stack_name,
         payment_port=args.payment_port,
         warehouse_port=args.warehouse_port,
         schedule_period=args.schedule_period,
@@ -554,13 +619,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = LocalStack(options)
     try:
         stack.start()
-    except PortInUse as exc:
+    except (PortInUse, CannotStart) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(stack.banner(), flush=True)
     while not stopping:
         time.sleep(0.2)
-    print("stopping: front, schedules, pollers, fakes, moto ...", flush=True)
+    print("stopping: front, schedules, pollers, fakes, moto, DynamoDB Local ...", flush=True)
     stack.stop()
     print("stopped", flush=True)
     return 0

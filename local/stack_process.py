@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FREE_PORTS = ("--port", "0", "--moto-port", "0", "--payment-port", "0", "--warehouse-port", "0")
+FREE_PORTS = ("--port", "0", "--moto-port", "0", "--payment-port", "0", "--warehouse-port", "0", "--dynamodb-port", "0")
 _FRONT = re.compile(r"HTTP API \(front\)\s+(http://127\.0\.0\.1:\d+)")
 
 

@@ -51,12 +51,15 @@ class TemplateStack:
         region: str = "us-east-1",
         account: str = "123456789012",
         endpoint_url: str | None = None,
+        dynamodb_endpoint_url: str | None = None,
     ) -> None:
         self.template = template or load_template()
         self.stack_name = stack_name
         self.region = region
         self.account = account
         self._endpoint = endpoint_url
+        # DynamoDB may live elsewhere (DynamoDB Local) while moto serves the other services.
+        self._dynamodb_endpoint = dynamodb_endpoint_url or endpoint_url
         self.parameters = {
             name: str(spec.get("Default", "")) for name, spec in self.template.get("Parameters", {}).items()
         }
@@ -69,12 +72,17 @@ class TemplateStack:
         return resources
 
     def _client(self, service: Any) -> Any:
-        return boto3.client(service, region_name=self.region, endpoint_url=self._endpoint)
+        endpoint = self._dynamodb_endpoint if service == "dynamodb" else self._endpoint
+        return boto3.client(service, region_name=self.region, endpoint_url=endpoint)
 
     def of_type(self, kind: str) -> dict[str, Any]:
         return {name: res for name, res in self.resources.items() if res["Type"] == kind}
 
     def deploy(self) -> TemplateStack:
+        return self.deploy_services().deploy_tables()
+
+    def deploy_services(self) -> TemplateStack:
+        """Everything but the tables: secrets, parameters, topics, queues."""
         for name, res in self.of_type("AWS::SecretsManager::Secret").items():
             self._secret(name, res.get("Properties", {}))
         for name, res in self.of_type("AWS::SSM::Parameter").items():
@@ -86,9 +94,45 @@ class TemplateStack:
         # Dead-letter queues first: a redrive policy names its target's ARN.
         for name in sorted(queues, key=lambda n: "RedrivePolicy" in queues[n].get("Properties", {})):
             self._queue(name, queues[name].get("Properties", {}))
+        return self
+
+    def deploy_tables(self) -> TemplateStack:
+        """Only the template's DynamoDB tables (with their indexes, streams and TTL)."""
         for name, res in self.of_type("AWS::DynamoDB::Table").items():
             self._table(name, res["Properties"])
         return self
+
+    def clear_tables(self) -> None:
+        """Empties the stack's tables for the next test: a few items are deleted (tens of ms), a big table is
+        dropped and made again (a test that seeded 21,000 orders would otherwise cost seconds to clear)."""
+        client = self._client("dynamodb")
+        for name in self.of_type("AWS::DynamoDB::Table"):
+            if name not in self.physical:
+                continue
+            table = self.physical[name]["Ref"]
+            key = [k["AttributeName"] for k in self.resources[name]["Properties"]["KeySchema"]]
+            names = {f"#k{i}": k for i, k in enumerate(key)}
+            page = client.scan(
+                TableName=table, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names, Limit=500
+            )
+            if "LastEvaluatedKey" in page:
+                client.delete_table(TableName=table)
+                client.get_waiter("table_not_exists").wait(TableName=table, WaiterConfig={"Delay": 0.1})
+                self._table(name, self.resources[name]["Properties"])
+                continue
+            items = page["Items"]
+            for start in range(0, len(items), 25):
+                requests = [{"DeleteRequest": {"Key": item}} for item in items[start : start + 25]]
+                while requests:
+                    unprocessed = client.batch_write_item(RequestItems={table: requests})["UnprocessedItems"]
+                    requests = unprocessed.get(table, [])
+
+    def delete_tables(self) -> None:
+        """Drops the tables deploy_tables() created (a test's own, on a shared DynamoDB Local)."""
+        client = self._client("dynamodb")
+        for name in self.of_type("AWS::DynamoDB::Table"):
+            if name in self.physical:
+                client.delete_table(TableName=self.physical.pop(name)["Ref"])
 
     def _secret(self, name: str, props: dict[str, Any]) -> None:
         arn = self._client("secretsmanager").create_secret(
@@ -137,8 +181,17 @@ class TemplateStack:
             kwargs["GlobalSecondaryIndexes"] = indexes
         if "StreamSpecification" in props:
             kwargs["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
-        description = self._client("dynamodb").create_table(**kwargs)["TableDescription"]
+        client = self._client("dynamodb")
+        description = client.create_table(**kwargs)["TableDescription"]
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and str(self.resolve(ttl.get("Enabled", False))).lower() == "true":
+            client.update_time_to_live(
+                TableName=table_name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": str(self.resolve(ttl["AttributeName"]))},
+            )
         self.physical[name] = {"Ref": table_name, "Arn": description["TableArn"]}
+        if "LatestStreamArn" in description:
+            self.physical[name]["StreamArn"] = description["LatestStreamArn"]
 
     def resolve(self, value: Any) -> Any:
         """Resolves !Ref, !GetAtt, !Sub, !If/!Equals (on parameters) against this stack."""

@@ -13,8 +13,9 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -23,6 +24,7 @@ from moto import mock_aws
 
 from checkout.config import Settings
 from checkout.runtime import AWS_CONFIG, Runtime, use_runtime
+from local.dynamodb_local import DynamoDBLocal
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import FakeWarehouse
 from local.template_stack import TemplateStack
@@ -72,6 +74,13 @@ def stripe() -> Iterator[FakeStripe]:
 def warehouse() -> Iterator[FakeWarehouse]:
     with FakeWarehouse() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local (AWS's emulator) for the whole session; each test makes and drops its own tables."""
+    with DynamoDBLocal(fast_start=True) as ddb:
+        yield ddb
 
 
 @pytest.fixture
@@ -183,7 +192,8 @@ class LambdaContext:
     function_name: str = "checkout-local-confirm-checkout"
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:checkout-local-confirm-checkout"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    # Unique per invocation, as Lambda makes it: a worker run's lease owner is named after it.
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     log_group_name: str = "/aws/lambda/checkout-local-confirm-checkout"
     log_stream_name: str = "local"
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from local.demo import LocalApi
+from local.dynamodb_local import DynamoDBLocal
 from local.stack_process import FREE_PORTS, StackProcess
 
 # Short local periods keep the suite quick; the logic is the same at the template's values.
@@ -25,8 +26,10 @@ FAST = (
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    stack = StackProcess.start(tmp_path_factory.mktemp("stack") / "stack.log", *FREE_PORTS, *FAST)
+def local_stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: DynamoDBLocal) -> Iterator[StackProcess]:
+    # The session's DynamoDB Local (one JVM per session); the stack makes its own tables there and drops them.
+    shared = ("--dynamodb-endpoint", dynamodb_local.url, "--stack-name", "e2e")
+    stack = StackProcess.start(tmp_path_factory.mktemp("stack") / "stack.log", *FREE_PORTS, *shared, *FAST)
     try:
         yield stack
     finally:

@@ -252,8 +252,6 @@ def test_faults_are_set_listed_and_cleared_over_http(client: httpx.Client, wareh
     [
         {"operation": "teleport", "status": 500},
         {"status": 500},
-        {"operation": "reserve", "times": 0},
-        {"operation": "reserve", "status": 200},
         {"operation": "reserve", "decline": True},
         {"operation": "reserve", "explode": True},
     ],

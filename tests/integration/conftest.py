@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import pytest
+from moto import mock_aws
 
 from checkout.runtime import Runtime
+from local.dynamodb_local import DynamoDBLocal
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import FakeWarehouse
 from local.template_stack import TemplateStack
@@ -18,6 +20,35 @@ from tests.conftest import ApiResponse, LambdaContext
 from tests.integration.test_confirm import FailingDynamoDB, confirm, open_session
 from tests.invariants import orders
 from tests.sqs import EventSourceMapping
+
+
+@pytest.fixture(scope="session")
+def dynamodb_tables(dynamodb_local: DynamoDBLocal) -> Iterator[TemplateStack]:
+    """template.yaml's tables on the session's DynamoDB Local, made once (each test starts them empty)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        tables = TemplateStack(stack_name="integration", dynamodb_endpoint_url=dynamodb_local.url).deploy_tables()
+    yield tables
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        tables.delete_tables()
+
+
+@pytest.fixture
+def stack(
+    dynamodb_local: DynamoDBLocal, dynamodb_tables: TemplateStack, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TemplateStack]:
+    """The template's resources as AWS runs them here: tables on DynamoDB Local (AWS's emulator: transactions,
+    conditions, indexes and item limits as DynamoDB applies them), queues, topics, secrets and parameters on
+    in-process moto. Every DynamoDB client goes to DynamoDB Local through AWS_ENDPOINT_URL_DYNAMODB."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_local.url)
+    dynamodb_tables.clear_tables()
+    with mock_aws():
+        stack = TemplateStack(dynamodb_endpoint_url=dynamodb_local.url).deploy_services()
+        stack.physical.update(dynamodb_tables.physical)
+        yield stack
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,95 @@ def test_the_local_clock_moves_forward_only(front: Front) -> None:
     assert backwards.status_code == 422
     assert malformed.status_code == 422
     assert malformed.json()["error"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"advance_seconds": NaN}',
+        '{"advance_seconds": Infinity}',
+        '{"advance_seconds": "NaN"}',
+        '{"advance_seconds": "120"}',
+        '{"advance_seconds": true}',
+        '{"advance_seconds": 1e300}',
+        '{"advance_seconds": -1}',
+        "[120]",
+        "not json",
+    ],
+)
+def test_a_clock_move_that_is_not_a_finite_forward_number_is_a_422_and_moves_nothing(front: Front, body: str) -> None:
+    # When
+    refused = httpx.post(f"{front.url}/_local/clock", content=body, headers={"Content-Type": "application/json"})
+    after = httpx.get(f"{front.url}/_local/clock")
+    moved = httpx.post(f"{front.url}/_local/clock", json={"advance_seconds": 5})
+
+    # Then the clock did not move, and the front still answers (no poisoned offset)
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "validation_error"
+    assert after.json()["offset_seconds"] == 0
+    assert moved.json()["offset_seconds"] == 5
+
+
+def test_the_fronts_own_refusals_are_json_not_html(front: Front) -> None:
+    # When a URI longer than http.server reads (longer than httpx sends: raw bytes), and a method it has no
+    # handler for, are sent
+    import socket
+
+    with socket.create_connection(("127.0.0.1", front.port), timeout=10) as raw:
+        raw.sendall(b"GET /orders/" + b"x" * 70000 + b" HTTP/1.1\r\nHost: local\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    unknown_method = httpx.request("BREW", f"{front.url}/orders/ord_1")
+
+    # Then both are JSON errors in the API's shape
+    assert head.startswith(b"HTTP/1.1 414 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"] == "request_uri_too_long"
+    assert unknown_method.status_code == 501
+    assert unknown_method.json() == {"error": "not_implemented", "message": "Unsupported method ('BREW')"}
+
+
+def test_a_run_past_its_timeout_is_logged_as_timed_out_while_it_still_runs() -> None:
+    # Given a function whose template Timeout is 0.2 s and whose handler takes 0.6 s
+    import io
+    import threading
+    import time
+
+    from local.lambdas import LocalFunction
+
+    out = io.StringIO()
+    log = InvocationLog(out)
+    release = threading.Event()
+    function = LocalFunction(
+        logical_id="SlowFunction",
+        folder="slow",
+        module="slow.app",
+        attribute="lambda_handler",
+        function_name="checkout-local-slow",
+        timeout_seconds=0.2,
+        memory_mb=128,
+        events={},
+        region="us-east-1",
+        account="123456789012",
+        handler=lambda event, context: release.wait(5),
+        on_timeout=log.timed_out,
+    )
+
+    # When it runs
+    runner = threading.Thread(target=lambda: setattr(function, "last", function.invoke({})))
+    runner.start()
+    time.sleep(0.5)
+    logged_while_running = out.getvalue()
+    release.set()
+    runner.join()
+    invocation = function.last  # type: ignore[attr-defined]
+    log.line(function, "schedule", "ok", invocation)
+
+    # Then Lambda's "Task timed out" is logged before it returns, and its result line says it timed out
+    assert "SlowFunction" in logged_while_running
+    assert "Task timed out after 0.20 seconds" in logged_while_running
+    assert invocation.timed_out
+    assert not invocation.ok
+    assert "exceeded its 0.2 s Timeout" in out.getvalue().splitlines()[-1]

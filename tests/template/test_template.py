@@ -161,13 +161,28 @@ def test_orders_table_has_sparse_due_index_for_workers(resources: dict[str, Any]
     attribute_types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
     indexes = {index["IndexName"]: index for index in table["GlobalSecondaryIndexes"]}
 
-    due_index = indexes["due-index"]
+    from checkout.orders import DUE_INDEX, PREVIOUS_DUE_INDEX
+
+    due_index = indexes[DUE_INDEX]
     assert _key_schema(due_index["KeySchema"]) == {"HASH": "work_queue", "RANGE": "due_at"}
     assert attribute_types["work_queue"] == "S"
     assert attribute_types["due_at"] == "N"
-    assert due_index["Projection"]["ProjectionType"] == "ALL"
+    # Slim: what a claim's condition needs (the claim returns the whole order), docs/capacity.md
+    assert due_index["Projection"] == {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["saga_state", "version"]}
+    # The previous release's index stays for one release (one index added or removed per table update)
+    assert _key_schema(indexes[PREVIOUS_DUE_INDEX]["KeySchema"]) == {"HASH": "work_queue", "RANGE": "due_at"}
     # Sparse: the index keys are not the table's keys, so items without them stay out of the index.
     assert _key_schema(table["KeySchema"]) == {"HASH": "pk"}
+
+
+def test_due_index_shards_reach_every_function_and_match_the_code_default(template: dict[str, Any]) -> None:
+    from checkout.config import Settings
+
+    parameter = template["Parameters"]["DueIndexShards"]
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["DUE_INDEX_SHARDS"] == {"Ref": "DueIndexShards"}
+    assert parameter["Default"] == Settings.model_fields["due_index_shards"].default
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (1, 64)
 
 
 def test_failed_compensations_table_can_be_listed_by_status_and_by_order(resources: dict[str, Any]) -> None:

@@ -46,6 +46,8 @@ class Settings(BaseModel):
     # relations of ARCHITECTURE.md section 4 are checked against them at cold start. Unset outside Lambda.
     function_timeout_seconds: float | None = Field(alias="FUNCTION_TIMEOUT_SECONDS", default=None, gt=0, le=900)
     confirm_timeout_seconds: float | None = Field(alias="CONFIRM_TIMEOUT_SECONDS", default=None, gt=0, le=900)
+    # Partitions of each work queue in the due-index (docs/capacity.md); may only grow, see the runbook.
+    due_index_shards: int = Field(alias="DUE_INDEX_SHARDS", default=16, ge=1, le=64)
 
     @model_validator(mode="after")
     def _key_source(self) -> Settings:

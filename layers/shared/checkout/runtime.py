@@ -110,7 +110,9 @@ class Runtime:
 
     @cached_property
     def store(self) -> OrderStore:
-        return OrderStore(self.settings.orders_table_name, self.dynamodb)
+        return OrderStore(
+            self.settings.orders_table_name, self.dynamodb, due_index_shards=self.settings.due_index_shards
+        )
 
     @cached_property
     def saga(self) -> Saga:

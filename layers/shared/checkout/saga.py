@@ -112,10 +112,23 @@ class WorkItem:
     due_at: int
 
 
+class Claimable(Protocol):
+    """What a claim needs of an order: an Order, or its entry in the due-index."""
+
+    @property
+    def order_id(self) -> str: ...
+
+    @property
+    def saga_state(self) -> SagaState: ...
+
+    @property
+    def version(self) -> int: ...
+
+
 class TransitionWriter(Protocol):
     def write_transition(self, before: Order, after: Order, work: WorkItem | None) -> None: ...
 
-    def write_claim(self, before: Order, after: Order, now: int) -> None: ...
+    def write_claim(self, before: Claimable, *, owner: str, lease_until: int, now: int) -> Order: ...
 
     def write_release(self, before: Order, after: Order, work: WorkItem | None) -> None: ...
 
@@ -204,14 +217,13 @@ class Saga:
         self._store.write_transition(order, after, self.work_for(after, int(self._clock())))
         return after
 
-    def claim(self, order: Order, *, owner: str, lease_seconds: int) -> Order:
-        """Take a lease on `order` without moving it; fails with ConcurrentUpdate if anyone else holds one."""
+    def claim(self, order: Claimable, *, owner: str, lease_seconds: int) -> Order:
+        """Take a lease on `order` without moving it; fails with ConcurrentUpdate if anyone else holds one.
+
+        Returns the whole order as claimed (the store's answer), so a due-index entry is enough to claim from.
+        """
         now = int(self._clock())
-        after = order.model_copy(
-            update={"version": order.version + 1, "lease_owner": owner, "lease_until": now + lease_seconds}
-        )
-        self._store.write_claim(order, after, now)
-        return after
+        return self._store.write_claim(order, owner=owner, lease_until=now + lease_seconds, now=now)
 
     def release(self, order: Order) -> Order:
         """Give a lease back without moving the order: its step's outcome is still unknown, let others try."""

@@ -18,7 +18,7 @@ from checkout.config import WRITE_MARGIN_SECONDS
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order, OrderStore
-from checkout.saga import ConcurrentUpdate, Saga, WorkQueue
+from checkout.saga import Claimable, ConcurrentUpdate, Saga, WorkQueue
 
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
@@ -133,7 +133,7 @@ class RunBudget:
 
 
 def drain(
-    orders: Iterable[Order],
+    orders: Iterable[Claimable],
     task: Callable[[Order], str | None],
     *,
     saga: Saga,
@@ -149,7 +149,7 @@ def drain(
     Orders are read lazily, so a run that stops early reads no further page of the index.
     """
 
-    def claim_then(order: Order) -> str | None:
+    def claim_then(order: Claimable) -> str | None:
         if budget.circuit.is_open:
             return "skipped"
         try:
@@ -174,7 +174,7 @@ def drain(
     summary.circuit = budget.circuit.state
 
 
-def settle(step: Callable[[], str | None], order: Order, summary: RunSummary) -> None:
+def settle(step: Callable[[], str | None], order: Claimable, summary: RunSummary) -> None:
     """Run one order's step and count the outcome it names. An AWS error leaves the order leased, so it is due
     again once the lease ends; losing the order to another actor (its lease ran out) is that actor's business."""
     try:
@@ -230,18 +230,23 @@ class Worker(Protocol):
     def run(self, deadline: Deadline, *, owner: str) -> RunSummary: ...
 
 
+# A due_at beyond any order's (the year 2100): the due-index Query then starts at each partition's first entry.
+_ANY_TIME = 4_102_444_800
+
+
 def oldest_overdue_seconds(store: OrderStore, now: float) -> float:
     """How long the most overdue order has waited past its due time, across every work queue (0: none overdue).
 
-    One Limit=1 Query per queue on the due-index. Every non-final order but COMPENSATION_FAILED (which the
-    queue and its record own) is on that index, and a claim moves due_at to the lease's end, so an order no
-    actor moves - a worker paused, failing, or never invoked - shows here however it got stuck.
+    The first entry of each queue's due-index partitions (OrderStore.due merges the shards by due_at, reading
+    one item per partition). Every non-final order but COMPENSATION_FAILED (which the queue and its record
+    own) is on that index, and a claim moves due_at to the lease's end, so an order no actor moves - a worker
+    paused, failing, or never invoked - shows here however it got stuck.
     """
     overdue = 0.0
     for queue in WorkQueue:
-        due_at = store.oldest_due_at(queue)
-        if due_at is not None:
-            overdue = max(overdue, now - due_at)
+        first = next(iter(store.due(queue, _ANY_TIME, page_size=1)), None)
+        if first is not None:
+            overdue = max(overdue, now - first.due_at)
     return overdue
 
 
