@@ -2,8 +2,8 @@
 crashes, worker runs, SQS deliveries, operator actions and clock moves in any order; the money invariants of
 ARCHITECTURE.md section 4 after every step, and convergence once everything is healed.
 
-`make test` runs a bounded, derandomized version (CHAOS_EXAMPLES, default 12); `make chaos` runs 2,000 examples
-and prints the shrunk counter-example of a failure. In-process moto, serialized like tests/conftest.py does.
+`make test` runs a bounded, derandomized version (CHAOS_EXAMPLES, default 5; CHAOS_STEPS 20); `make chaos` runs
+2,000 examples and prints the shrunk counter-example of a failure. In-process moto, serialized as in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -46,8 +47,8 @@ PAYMENT_TIMEOUT = 0.7
 SLOW = 0.9
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("CHAOS_EXAMPLES", "12")),
-    stateful_step_count=int(os.environ.get("CHAOS_STEPS", "25")),
+    max_examples=int(os.environ.get("CHAOS_EXAMPLES", "5")),
+    stateful_step_count=int(os.environ.get("CHAOS_STEPS", "20")),
     derandomize=os.environ.get("CHAOS_RANDOM", "") == "",
     deadline=None,
     print_blob=True,
@@ -534,7 +535,11 @@ class CheckoutChaos(RuleBasedStateMachine):
         assert_money_invariants(
             w.stack, w.stripe, w.warehouse, converged=True, order_items=order_items, record_items=record_items
         )
-        self._alerts_are_one_per_record(w.read_alerts(), record_items, complete_only=False)
+        # A record resolved before it was complete (its order never entered COMPENSATION_FAILED) is not alerted
+        # afterwards: the money is safe, nobody has to act (docs/decisions.md); every other has its one alert.
+        self._alerts_are_one_per_record(w.read_alerts(), record_items, complete_only=True)
+        if os.environ.get("CHAOS_PROGRESS"):
+            print(f"chaos example passed: {len(order_items)} orders, {len(record_items)} records", file=sys.stderr)
 
 
 def test_money_stays_safe_and_everything_converges_whatever_fails(chaos_world: World) -> None:
