@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from checkout.capture_retry import METRICS, WORKER
 from checkout.observability import MetricUnit, logger, metrics, tracer
 from checkout.runtime import runtime
-from checkout.workers import emit_backlog, run_scheduled
+from checkout.workers import run_scheduled
 
 
 @logger.inject_lambda_context
@@ -22,7 +22,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metric_names=METRICS,
         context=context,
         request_id=context.aws_request_id,
-        backlog=lambda: emit_backlog(current.store, current.clock()),
     )
     if not summary["paused"]:
         # The dashboard's backlog: due orders this run found (a lower bound when it stopped early).

@@ -432,6 +432,9 @@ class CheckoutChaos(RuleBasedStateMachine):
     )
     def time_passes_and_workers_run(self, seconds: int, workers: tuple[str, ...], plan: list[Any]) -> None:
         self.arm(plan)
+        # A real request ends within its timeout, long before minutes pass: the clock never jumps over one
+        # still sleeping at a fake provider (an authorize landing after recovery trusted an empty search).
+        self.w.wait_for_providers()
         self.w.clock.advance(seconds)
         visibility_expires(self.w)
         for name in workers:

@@ -411,17 +411,18 @@ def test_an_order_nobody_moves_shows_in_the_oldest_overdue_metric_though_nothing
     from checkout.workers import PauseSwitch
     from tests.integration.test_dlq_processor import emitted_metrics
 
-    # Given a capture due in 60 s, and the retry worker paused (nothing fails, nothing raises)
+    # Given a capture due in 60 s, and both workers paused (nothing fails, nothing raises)
     runtime = make_runtime()
-    runtime.__dict__["pause_switch"] = PauseSwitch("paused-workers", fetch=lambda _: "capture_retry")
+    runtime.__dict__["pause_switch"] = PauseSwitch("paused-workers", fetch=lambda _: "all")
     session = open_session(api)
     stripe.inject("capture", status=500, times=1)
     confirm(api, session["session_id"])
     capsys.readouterr()
 
-    # When two hours pass with the worker invoked but paused
+    # When two hours pass with the workers invoked but paused
     clock.advance(7200)
     assert run_worker("capture_retry")["paused"] is True
+    assert run_worker("compensation")["paused"] is True
 
     # Then the metric shows the order's wait past its due time: about two hours, above the alarm's 1800 s
     [overdue] = emitted_metrics(capsys.readouterr().out)["OldestOrderOverdueSeconds"]
