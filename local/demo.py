@@ -254,6 +254,17 @@ class LocalApi:
                 return [o for o in found if o.get("kind") == "order"]
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def record_statuses(self) -> Counter[str]:
+        """How many failed-compensation records the stack holds, by status."""
+        table = self.info.resources["FailedCompensationsTable"]["Ref"]
+        statuses: Counter[str] = Counter()
+        pages = self._dynamodb.get_paginator("scan").paginate(
+            TableName=table, ProjectionExpression="#s", ExpressionAttributeNames={"#s": "status"}
+        )
+        for page in pages:
+            statuses.update(item["status"]["S"] for item in page["Items"])
+        return statuses
+
     def queue_depth(self, logical_id: str) -> int:
         url = self.info.resources[logical_id]["QueueUrl"]
         attributes = self._sqs.get_queue_attributes(

@@ -32,6 +32,12 @@ _METADATA_KEY = re.compile(r"metadata\[([^\[\]]+)\]")
 # Accepted and ignored: real Stripe needs some of them (e.g. payment_method_types[] or return_url
 # with confirm=true), the fake has nothing to do with them.
 _IGNORED = re.compile(r"expand\[\d*\]|payment_method_types\[\d*\]|automatic_payment_methods\[[a-z_]+\]")
+_EXPAND = re.compile(r"expand\[\d*\]")
+# Stripe's window to capture an online card authorization: 7 days, after which the uncaptured charge is
+# refunded (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method#auth-and-capture). The charge
+# says when: payment_method_details.card.capture_before
+# (https://docs.stripe.com/api/charges/object#charge_object-payment_method_details-card-capture_before).
+CAPTURE_WINDOW_SECONDS = 7 * 24 * 3600
 _CANCELLATION_REASONS = {"duplicate", "fraudulent", "requested_by_customer", "abandoned"}
 _REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
 
@@ -48,6 +54,7 @@ class FakeStripe(FakeServer):
         super().__init__(port, verbose=verbose)
         self._intents: dict[str, JsonObject] = {}
         self._refunds: dict[str, JsonObject] = {}
+        self._charges: dict[str, JsonObject] = {}
 
     # ---- Python API ------------------------------------------------------------------------------
 
@@ -146,6 +153,7 @@ class FakeStripe(FakeServer):
     def _reset_state(self) -> None:
         self._intents.clear()
         self._refunds.clear()
+        self._charges.clear()
 
     # ---- operations (run under the lock) ---------------------------------------------------------
 
@@ -200,6 +208,7 @@ class FakeStripe(FakeServer):
             "last_payment_error": None,
             "livemode": False,
         }
+        intent["latest_charge"] = self._new_charge(intent, decline_code)
         event = {"id": intent["id"], "order_id": order_id, "amount": amount, "currency": currency}
         if decline_code is None:
             self._intents[intent["id"]] = intent
@@ -236,6 +245,7 @@ class FakeStripe(FakeServer):
                     param="amount_to_capture",
                 )
         intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+        self._charges[intent["latest_charge"]].update(captured=True, amount_captured=amount)
         self._record_event("captured", call, id=intent["id"], order_id=_order(intent), amount=amount)
         return Response(200, copy.deepcopy(intent))
 
@@ -258,6 +268,10 @@ class FakeStripe(FakeServer):
             canceled_at=int(utc_now().timestamp()),
             cancellation_reason=reason,
         )
+        charge = self._charges[intent["latest_charge"]]
+        if previous == "requires_capture":
+            # Cancelling an uncaptured charge refunds it in full (https://docs.stripe.com/refunds#cancel-payment).
+            charge.update(refunded=True, amount_refunded=charge["amount"])
         self._record_event(
             "canceled",
             call,
@@ -270,10 +284,24 @@ class FakeStripe(FakeServer):
         return Response(200, copy.deepcopy(intent))
 
     def _retrieve(self, call: Call) -> Response:
+        # Only `expand[]` is a parameter of retrieve (https://docs.stripe.com/api/payment_intents/retrieve); of
+        # the expandable fields the fake serves latest_charge (https://docs.stripe.com/api/expanding_objects).
+        expand: list[str] = []
+        for name, value in call.params.items():
+            if not _EXPAND.fullmatch(name):
+                return self._invalid(f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+            if value != "latest_charge":
+                return self._invalid(
+                    f"This property cannot be expanded ({value}). (This fake expands latest_charge only.)", param=name
+                )
+            expand.append(value)
         intent = self._intents.get(call.args[0])
         if intent is None:
             return self._missing(call.args[0])
-        return Response(200, copy.deepcopy(intent))
+        answer = copy.deepcopy(intent)
+        if expand and answer.get("latest_charge"):
+            answer["latest_charge"] = copy.deepcopy(self._charges[answer["latest_charge"]])
+        return Response(200, answer)
 
     def _search(self, call: Call) -> Response:
         params: dict[str, str] = call.params
@@ -358,12 +386,47 @@ class FakeStripe(FakeServer):
         }
         self._refunds[refund["id"]] = refund
         intent["amount_refunded"] += amount
+        charge = self._charges[intent["latest_charge"]]
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
         self._record_event(
             "refunded", call, id=intent_id, refund_id=refund["id"], order_id=_order(intent), amount=amount
         )
         return Response(200, copy.deepcopy(refund))
 
     # ---- helpers ---------------------------------------------------------------------------------
+
+    def _new_charge(self, intent: JsonObject, decline_code: str | None) -> str:
+        """The charge a confirm creates (latest_charge): authorized and uncaptured, or failed on a decline.
+
+        Shape: https://docs.stripe.com/api/charges/object (the fields the saga and the console read).
+        """
+        created = intent["created"]
+        charge: JsonObject = {
+            "id": new_id("ch"),
+            "object": "charge",
+            "amount": intent["amount"],
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "currency": intent["currency"],
+            "captured": False,
+            "refunded": False,
+            "paid": decline_code is None,
+            "status": "failed" if decline_code else "succeeded",
+            "failure_code": "card_declined" if decline_code else None,
+            "payment_intent": intent["id"],
+            "created": created,
+            "payment_method_details": {
+                "type": "card",
+                "card": {
+                    "brand": "visa",
+                    "last4": "4242",
+                    "capture_before": None if decline_code else created + CAPTURE_WINDOW_SECONDS,
+                },
+            },
+        }
+        self._charges[charge["id"]] = charge
+        return str(charge["id"])
 
     def _missing(self, object_id: str, *, param: str = "intent") -> Response:
         return self._error(

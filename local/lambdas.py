@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -100,15 +101,46 @@ class LocalFunction:
     # Called (from a timer thread) the moment a run passes its Timeout while still running: the local stack
     # logs it then, as Lambda logs "Task timed out", not only when (if ever) the handler returns.
     on_timeout: Callable[[LocalFunction, float], None] | None = None
+    # Execution environments: Lambda runs one invocation per environment at a time and starts another
+    # environment (a cold start: the module imported afresh) for a concurrent one. Handlers keep per-request
+    # state in module globals (Powertools' resolver keeps the current event and route on `app`), so two
+    # invocations must never share one module instance. Idle environments are reused, as Lambda's are.
+    _idle: list[Handler] = field(default_factory=list, repr=False)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _from_module: bool = field(default=False, repr=False)
+    environments: int = 0
 
     @property
     def arn(self) -> str:
         return f"arn:aws:lambda:{self.region}:{self.account}:function:{self.function_name}"
 
     def load(self) -> LocalFunction:
+        isolate_powertools_per_thread()
         module = importlib.import_module(self.module)
         self.handler = getattr(module, self.attribute)
+        self._from_module = True
         return self
+
+    def _acquire(self) -> Handler:
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+            self.environments += 1
+            first = self.environments == 1
+        assert self.handler is not None
+        if first or not self._from_module:
+            return self.handler  # the imported module (or a handler a test set) is the first environment
+        spec = importlib.util.find_spec(self.module)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)  # a fresh copy, not in sys.modules: its own globals
+        spec.loader.exec_module(module)
+        handler: Handler = getattr(module, self.attribute)
+        return handler
+
+    def _release(self, handler: Handler) -> None:
+        with self._pool_lock:
+            self._idle.append(handler)
 
     def context(self) -> LambdaContext:
         return LambdaContext(
@@ -136,14 +168,18 @@ class LocalFunction:
         watchdog = threading.Timer(self.timeout_seconds, self._timed_out, args=(context.aws_request_id,))
         watchdog.daemon = True
         watchdog.start()
+        handler: Handler | None = None
         try:
-            invocation.result = self.handler(event, context)
+            handler = self._acquire()
+            invocation.result = handler(event, context)
         except Exception as exc:
             invocation.error = exc
             print(f"[{self.logical_id}] {type(exc).__name__}: {exc}", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
         finally:
             watchdog.cancel()
+            if handler is not None:
+                self._release(handler)
         invocation.duration_ms = (time.perf_counter() - started) * 1000
         # A Python thread cannot be stopped, so the run finishes; but AWS would have cut it off here.
         invocation.timed_out = invocation.duration_ms > self.timeout_seconds * 1000
@@ -157,6 +193,36 @@ class LocalFunction:
                 f"[{self.logical_id}] {request_id} Task timed out after {self.timeout_seconds:.2f} seconds",
                 file=sys.stderr,
             )
+
+
+_PER_THREAD = threading.local()
+_ROUTER_GLOBALS = ("current_event", "lambda_context")
+
+
+def isolate_powertools_per_thread() -> None:
+    """Makes Powertools' event-handler globals per thread, as Lambda makes them per invocation.
+
+    Powertools' resolvers keep the event and context being handled in class attributes of BaseRouter
+    (`BaseRouter.current_event = ...` in resolve()): process-wide, which is right on Lambda (one invocation
+    per process at a time) and wrong here, where one process runs concurrent invocations on threads: under
+    load a session was created with another request's customer. Here (the local stack only, never deployed)
+    both attributes become per-thread: a metaclass property for the class-level writes and reads, a property
+    in BaseRouter for the instance-level reads (`app.current_event`). Hand-written: no library isolates a
+    Lambda handler's process globals per thread."""
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+
+    meta = type(BaseRouter)
+    if getattr(meta, "_checkout_per_thread", False):
+        return
+
+    def per_thread(name: str) -> property:
+        return property(lambda _: getattr(_PER_THREAD, name, None), lambda _, value: setattr(_PER_THREAD, name, value))
+
+    namespace: dict[str, Any] = {name: per_thread(name) for name in _ROUTER_GLOBALS}
+    per_thread_meta = type("PerThreadRouterMeta", (meta,), {**namespace, "_checkout_per_thread": True})
+    for name in _ROUTER_GLOBALS:
+        setattr(BaseRouter, name, per_thread(name))  # still the old metaclass here: lands in the class dict
+    BaseRouter.__class__ = per_thread_meta  # type: ignore[method-assign]
 
 
 def discover_functions(stack: TemplateStack) -> dict[str, LocalFunction]:

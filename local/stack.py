@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 import boto3
+from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
@@ -42,6 +43,8 @@ LOCAL_PAYMENT_API_KEY = "sk_test_local"
 FAST_PARAMETERS = {"StaleSagaSeconds": "60", "CaptureBackoffBaseSeconds": "5", "CaptureBackoffMaxSeconds": "30"}
 # Lambda has no X-Ray daemon or CloudWatch here: tracing off, metrics not printed (they would bury the log).
 LOCAL_POWERTOOLS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+# Connections each shared client keeps for the stack's concurrent invocations (the front's backlog is 128).
+LOCAL_POOL_CONNECTIONS = 128
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -159,7 +162,15 @@ class LocalStack:
             endpoint_url=self.moto_url,
             dynamodb_endpoint_url=self.dynamodb_url,
         )
-        self.stack.deploy()
+        try:
+            self.stack.deploy()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException" or not opts.dynamodb_endpoint:
+                raise
+            raise CannotStart(
+                f"{exc.response['Error']['Message']} on {self.dynamodb_url}: another stack named "
+                f"{opts.stack_name!r} uses that DynamoDB Local; pass another --stack-name"
+            ) from exc
         self._override_visibility()
 
         self.functions = discover_functions(self.stack)
@@ -256,10 +267,26 @@ class LocalStack:
     def _install_runtime(self) -> None:
         """One Runtime for every function: they run in this one process and share checkout.runtime's cache, so
         it is built once from the shared environment with the stack's clock (which /_local/clock moves)."""
-        from checkout.config import Settings
-        from checkout.runtime import Runtime, use_runtime
+        import httpx
+        from botocore.config import Config
 
-        use_runtime(Runtime(Settings.from_environ(), clock=self.clock))
+        from checkout.config import Settings
+        from checkout.runtime import AWS_CONFIG, Runtime, use_runtime
+
+        # On Lambda every execution environment has its own clients, each serving one request at a time; here
+        # one Runtime serves every concurrent invocation, so its connection pools are sized for that (botocore
+        # keeps 10 connections, httpx 20 alive: past that each call would open and drop a connection).
+        pooled = AWS_CONFIG.merge(Config(max_pool_connections=LOCAL_POOL_CONNECTIONS))
+        runtime = Runtime(
+            Settings.from_environ(),
+            clock=self.clock,
+            dynamodb=boto3.client("dynamodb", config=pooled),
+            sqs=boto3.client("sqs", config=pooled),
+            sns=boto3.client("sns", config=pooled),
+        )
+        limits = httpx.Limits(max_connections=LOCAL_POOL_CONNECTIONS, max_keepalive_connections=LOCAL_POOL_CONNECTIONS)
+        runtime.http = httpx.Client(transport=httpx.HTTPTransport(retries=0, limits=limits))  # as Runtime.http, pooled
+        use_runtime(runtime)
 
     def _setenv(self, values: dict[str, str | None]) -> None:
         for key, value in values.items():
@@ -337,6 +364,8 @@ class LocalStack:
             "visibility_timeout_override": self.options.visibility_timeout_override,
             "functions": self.functions_view(),
             "clock": self.clock_view(),
+            # What a load test samples for the stack's memory: this process and the DynamoDB Local it started.
+            "processes": {"stack": os.getpid(), "dynamodb_local": None if self.dynamodb is None else self.dynamodb.pid},
         }
 
     def functions_view(self) -> list[dict[str, Any]]:

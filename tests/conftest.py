@@ -79,7 +79,7 @@ def warehouse() -> Iterator[FakeWarehouse]:
 @pytest.fixture(scope="session")
 def dynamodb_local() -> Iterator[DynamoDBLocal]:
     """One DynamoDB Local (AWS's emulator) for the whole session; each test makes and drops its own tables."""
-    with DynamoDBLocal(fast_start=True) as ddb:
+    with DynamoDBLocal() as ddb:
         yield ddb
 
 

@@ -1,7 +1,7 @@
-"""admin: failed compensations (list, show, retry, resolve by hand) and orders, for operators (IAM auth)."""
+"""admin: failed compensations (list, show, retry, resolve), orders, the DLQ and KPIs, for operators (IAM auth)."""
 
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.api_models import ErrorBody, ResolveRequest, RetryRequest
+from checkout.api_models import ErrorBody, RedriveRequest, ResolveRequest, RetryRequest
 from checkout.errors import CheckoutError
 from checkout.failed_compensations import RecordStatus
 from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
@@ -57,6 +57,17 @@ def list_compensations(
     _operator()
     page = runtime().operator_actions.list_records(status=status, limit=limit, cursor=cursor)
     return json_response(HTTPStatus.OK, page.body())
+
+
+@app.get(
+    "/admin/counts",
+    summary="How many failed-compensation records are in each status",
+    responses=_answers((200, "{compensations: {failed, retrying, pending, resolved}}")),
+)
+@tracer.capture_method
+def get_counts() -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, {"compensations": runtime().operator_actions.counts()})
 
 
 @app.get(
@@ -118,6 +129,58 @@ def resolve_compensation(
 def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
     _operator()
     return json_response(HTTPStatus.OK, runtime().operator_actions.order(order_id))
+
+
+@app.get(
+    "/admin/compensations/<compensation_id>/provider-state",
+    summary="What Stripe and the warehouse show now for a record's steps, and whether a retry can still help",
+    responses=_answers((200, "{payment, reservation, steps, retry}"), (404, "compensation_not_found")),
+)
+@tracer.capture_method
+def get_provider_state(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().provider_states.of(compensation_id))
+
+
+@app.get(
+    "/admin/dlq",
+    summary="Depth of the failed-compensations DLQ and of its source queue, and recent redrive tasks",
+    responses=_answers((200, "{dlq, queue, redrive_tasks}"), (503, "queue_unavailable")),
+)
+@tracer.capture_method
+def get_dlq() -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().dead_letters.status())
+
+
+@app.post(
+    "/admin/dlq/redrive",
+    summary="Move every DLQ message back to the failed-compensations queue",
+    responses=_answers(
+        (202, "the redrive task (or, where SQS has no move task, the messages moved)"),
+        (422, "validation_error"),
+        (503, "queue_unavailable"),
+    ),
+)
+@tracer.capture_method
+def redrive_dlq(body: Annotated[RedriveRequest | None, Body()] = None) -> Response[str]:
+    by = _operator()
+    result = runtime().dead_letters.redrive(max_per_second=body.max_per_second if body else None)
+    logger.info("operator redrove the DLQ", extra={"by": by, "result": result})
+    return json_response(HTTPStatus.ACCEPTED, {**result, "by": by})
+
+
+@app.get(
+    "/admin/kpis",
+    summary="Saga success rate, compensation failure rate, average resolution time and alert volume over a window",
+    responses=_answers((200, "the four KPIs and the records created in the window"), (422, "validation_error")),
+)
+@tracer.capture_method
+def get_kpis(
+    window: Annotated[Literal["1h", "24h", "7d", "30d"], Query(description="how far back from now")] = "24h",
+) -> Response[str]:
+    _operator()
+    return json_response(HTTPStatus.OK, runtime().kpis.over(window))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

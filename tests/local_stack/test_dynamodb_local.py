@@ -40,7 +40,7 @@ def test_it_holds_every_table_of_the_template_with_its_indexes(dynamodb_local: D
 
 
 def test_a_stopped_instance_no_longer_answers_and_frees_its_port() -> None:
-    ddb = DynamoDBLocal(fast_start=True).start()
+    ddb = DynamoDBLocal().start()
     assert ddb.answers()
 
     ddb.stop()

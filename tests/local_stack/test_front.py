@@ -218,3 +218,81 @@ def test_a_run_past_its_timeout_is_logged_as_timed_out_while_it_still_runs() -> 
     assert invocation.timed_out
     assert not invocation.ok
     assert "exceeded its 0.2 s Timeout" in out.getvalue().splitlines()[-1]
+
+
+def test_concurrent_invocations_run_in_separate_environments_as_on_lambda(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a function whose handler keeps per-request state in a module global (as Powertools' resolver does)
+    import threading
+
+    from local.lambdas import LocalFunction
+
+    (tmp_path / "envprobe.py").write_text(
+        "import threading, time\n"
+        "current = None\n"
+        "def handler(event, context):\n"
+        "    global current\n"
+        "    current = event['n']\n"
+        "    time.sleep(0.3)\n"
+        "    return {'n': event['n'], 'saw': current, 'module': id(globals())}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    function = LocalFunction(
+        logical_id="ProbeFunction",
+        folder="probe",
+        module="envprobe",
+        attribute="handler",
+        function_name="checkout-local-probe",
+        timeout_seconds=5,
+        memory_mb=128,
+        events={},
+        region="us-east-1",
+        account="123456789012",
+    ).load()
+
+    # When two invocations overlap, and a third comes after they ended
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda n=n: results.append(function.invoke({"n": n}).result)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    later = function.invoke({"n": 3}).result
+
+    # Then each saw only its own request, in its own environment, and the third reused an idle one
+    assert sorted((r["n"], r["saw"]) for r in results) == [(1, 1), (2, 2)]
+    assert len({r["module"] for r in results}) == 2
+    assert later["module"] in {r["module"] for r in results}
+    assert function.environments == 2
+
+
+def test_powertools_sees_each_concurrent_invocations_own_event() -> None:
+    # Given the local stack's isolation of Powertools' process-wide "current event" (Lambda: one per process)
+    import threading
+
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+
+    from local.lambdas import isolate_powertools_per_thread
+
+    isolate_powertools_per_thread()
+    isolate_powertools_per_thread()  # idempotent
+    app = APIGatewayHttpResolver()
+    both_set = threading.Barrier(2)
+    seen: dict[str, Any] = {}
+
+    # When two invocations on two threads set their events, then read them back
+    def invocation(name: str) -> None:
+        BaseRouter.current_event = name  # what resolve() does
+        both_set.wait()
+        seen[name] = (app.current_event, BaseRouter.current_event)
+
+    threads = [threading.Thread(target=invocation, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then each read its own event, never the other's
+    assert seen == {"first": ("first", "first"), "second": ("second", "second")}

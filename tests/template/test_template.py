@@ -384,6 +384,12 @@ ADMIN_ROUTES = {
     "POST /admin/compensations/{compensation_id}/retry",
     "POST /admin/compensations/{compensation_id}/resolve",
     "GET /admin/orders/{order_id}",
+    # The operator console's reads and the DLQ redrive.
+    "GET /admin/compensations/{compensation_id}/provider-state",
+    "GET /admin/counts",
+    "GET /admin/dlq",
+    "POST /admin/dlq/redrive",
+    "GET /admin/kpis",
 }
 ROOT = TEMPLATE_PATH.parent
 

@@ -72,6 +72,14 @@ class RetryRequest(BaseModel):
     )
 
 
+class RedriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_second: int | None = Field(
+        default=None, ge=1, le=500, description="redrive velocity in messages per second (default: system optimized)"
+    )
+
+
 class ErrorBody(BaseModel):
     """Every error answer of both APIs (section 5)."""
 

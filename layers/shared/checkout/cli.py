@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -24,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from checkout.alerts import Alert
 from checkout.compensation_retries import seconds_between
+from checkout.dead_letters import redrive_dlq
 from checkout.errors import CheckoutError
 from checkout.failed_compensations import FailedCompensationLedger, RecordStatus
 from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OperatorActions
@@ -32,10 +34,6 @@ from checkout.saga import Saga
 
 DEFAULT_STACK_NAME = "checkout-saga"
 AWS_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3})
-# A receive-and-send redrive stops after this many messages even if more keep arriving.
-MAX_FALLBACK_MOVES = 10_000
-# How long a message the fallback is moving stays invisible on the DLQ (send + delete take far less).
-FALLBACK_VISIBILITY_SECONDS = 60
 
 # option -> (environment variable, stack output)
 RESOURCES = {
@@ -43,7 +41,9 @@ RESOURCES = {
     "compensations_table": ("FAILED_COMPENSATIONS_TABLE_NAME", "FailedCompensationsTableName"),
     "queue_url": ("FAILED_COMPENSATIONS_QUEUE_URL", "FailedCompensationsQueueUrl"),
     "dlq_url": ("FAILED_COMPENSATIONS_DLQ_URL", "FailedCompensationsDLQUrl"),
+    "api_url": ("CHECKOUT_ADMIN_API_URL", "AdminApiBaseUrl"),
 }
+DEFAULT_LOCAL_URL = "http://127.0.0.1:3000"
 
 
 class CliError(Exception):
@@ -82,7 +82,7 @@ class Resources:
 
     def get(self, name: str) -> str:
         variable, output = RESOURCES[name]
-        value = getattr(self._args, name) or self._environ.get(variable)
+        value = getattr(self._args, name, None) or self._environ.get(variable)
         if value:
             return str(value)
         outputs = self._stack_outputs()
@@ -130,81 +130,6 @@ def operator_identity(args: argparse.Namespace, aws: Aws, environ: dict[str, str
         return str(aws.client("sts").get_caller_identity()["Arn"])
     except (ClientError, BotoCoreError) as exc:
         raise CliError("no_identity", f"cannot tell who you are ({exc}); pass --operator NAME") from exc
-
-
-# redrive ----------------------------------------------------------------------------------------
-def move_task_unsupported(exc: Exception) -> bool:
-    """True when the endpoint does not implement StartMessageMoveTask, so receive-and-send must do instead.
-
-    moto answers exactly two ways: in-process (mock_aws) it raises NotImplementedError("The
-    start_message_move_task action has not been implemented"); as a server (the local stack) it answers an
-    HTML 500 page, which botocore reports as a ClientError whose code is the bare status "500". AWS itself
-    never answers a bare "500" (its errors carry a code such as InternalError), so a real failure is not
-    mistaken for a missing call and is raised instead.
-    """
-    if isinstance(exc, NotImplementedError):
-        return "has not been implemented" in str(exc)
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return error.get("Code") == "500" and "Internal Server Error" in str(error.get("Message", ""))
-    return False
-
-
-def queue_arn(sqs: Any, url: str) -> str:
-    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
-
-
-def redrive_dlq(sqs: Any, *, dlq_url: str, queue_url: str, max_per_second: int | None = None) -> dict[str, Any]:
-    """Move every DLQ message back to the source queue: SQS's own move task, or receive-and-send where it is missing."""
-    source, destination = queue_arn(sqs, dlq_url), queue_arn(sqs, queue_url)
-    request: dict[str, Any] = {"SourceArn": source, "DestinationArn": destination}
-    if max_per_second is not None:
-        request["MaxNumberOfMessagesPerSecond"] = max_per_second
-    try:
-        task = sqs.start_message_move_task(**request)
-    except (NotImplementedError, ClientError) as exc:
-        if not move_task_unsupported(exc):
-            raise
-    else:
-        return {
-            "method": "start_message_move_task",
-            "task_handle": task["TaskHandle"],
-            "source_arn": source,
-            "destination_arn": destination,
-            "status": f"aws sqs list-message-move-tasks --source-arn {source}",
-        }
-    moved = _receive_and_send(sqs, dlq_url=dlq_url, queue_url=queue_url)
-    return {"method": "receive_and_send", "moved": moved, "source_arn": source, "destination_arn": destination}
-
-
-def _receive_and_send(sqs: Any, *, dlq_url: str, queue_url: str) -> int:
-    """Send each message to the source queue, then delete it from the DLQ: at least once, never lost.
-
-    A crash between the two leaves a duplicate, which the dlq_processor handles (the record is the truth).
-    """
-    moved = 0
-    while moved < MAX_FALLBACK_MOVES:
-        messages = sqs.receive_message(
-            QueueUrl=dlq_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=FALLBACK_VISIBILITY_SECONDS,
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not messages:
-            return moved
-        for message in messages:
-            attributes = {
-                name: {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}
-                for name, value in message.get("MessageAttributes", {}).items()
-            }
-            sqs.send_message(
-                QueueUrl=queue_url,
-                MessageBody=message["Body"],
-                **({"MessageAttributes": attributes} if attributes else {}),
-            )
-            sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
-            moved += 1
-    return moved
 
 
 # commands ---------------------------------------------------------------------------------------
@@ -269,6 +194,36 @@ def _redrive(args: argparse.Namespace, resources: Resources, aws: Aws, environ: 
     )
 
 
+def _console(args: argparse.Namespace, resources: Resources, aws: Aws, environ: dict[str, str]) -> Any:
+    # Imported here: the other commands never pay for the console's server.
+    from checkout.console.server import AdminApi, ConsoleError, ConsoleServer, LocalAdminApi, SignedAdminApi, region_of
+    from checkout.console.server import serve as serve_console
+
+    api: AdminApi
+    if args.local is not None:
+        api = LocalAdminApi(args.local)
+    else:
+        url = resources.get("api_url")
+        try:
+            region = region_of(url, aws.session.region_name)
+        except ConsoleError as exc:
+            raise CliError(exc.code, exc.message) from exc
+        try:
+            # The identity the admin API will record on every action: the signer's, whatever --operator says.
+            identity = str(aws.client("sts").get_caller_identity()["Arn"])
+        except (ClientError, BotoCoreError) as exc:
+            raise CliError("no_identity", f"no usable AWS credentials to sign with ({exc})") from exc
+        api = SignedAdminApi(url, aws.session, region=region, identity=identity)
+    try:
+        server = ConsoleServer(args.port, api, mode="local" if args.local is not None else "aws")
+    except OSError as exc:
+        raise CliError("port_in_use", f"cannot listen on 127.0.0.1:{args.port} ({exc}); pass --port 0") from exc
+    if args.open:
+        webbrowser.open(server.start_url)
+    serve_console(server, out=lambda line: print(line, flush=True))
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -324,6 +279,25 @@ def parser() -> argparse.ArgumentParser:
     redrive = commands.add_parser("redrive-dlq", help="move every DLQ message back to the failed-compensations queue")
     redrive.add_argument("--max-per-second", type=int, help="redrive velocity (start_message_move_task only)")
     redrive.set_defaults(run=_redrive)
+
+    console = commands.add_parser(
+        "console",
+        help="a web console on 127.0.0.1 that calls the admin API signed with your AWS credentials",
+        description="Starts the operator console and prints its one-time URL. Against the deployed admin API "
+        "(URL from the stack's AdminApiBaseUrl output, or --api-url), every call SigV4-signed with your AWS "
+        "credentials; or against the local stack's front with --local.",
+    )
+    console.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    console.add_argument("--api-url", help="the admin API's URL (default: the stack's AdminApiBaseUrl output)")
+    console.add_argument(
+        "--local",
+        nargs="?",
+        const=DEFAULT_LOCAL_URL,
+        metavar="URL",
+        help=f"use the local stack (`make run`) instead, at URL (default {DEFAULT_LOCAL_URL}); nothing is signed",
+    )
+    console.add_argument("--open", action="store_true", help="also open the URL in your web browser")
+    console.set_defaults(run=_console)
     return root
 
 
@@ -350,7 +324,8 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None, environ: dic
     except (ClientError, BotoCoreError) as exc:
         print(json.dumps({"error": "aws_error", "message": str(exc)}), file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if result is not None:
+        print(json.dumps(result, indent=2))
     return 0
 
 

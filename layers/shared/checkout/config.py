@@ -24,6 +24,8 @@ class Settings(BaseModel):
     failed_compensations_table_name: str = Field(alias="FAILED_COMPENSATIONS_TABLE_NAME", min_length=1)
     failed_compensations_queue_url: str = Field(alias="FAILED_COMPENSATIONS_QUEUE_URL", min_length=1)
     alerts_topic_arn: str = Field(alias="ALERTS_TOPIC_ARN", min_length=1)
+    # Only the admin function reads it (the operator console's DLQ depth and redrive).
+    failed_compensations_dlq_url: str | None = Field(alias="FAILED_COMPENSATIONS_DLQ_URL", default=None)
 
     payment_api_base_url: AnyHttpUrl = Field(alias="PAYMENT_API_BASE_URL", default=AnyHttpUrl("https://api.stripe.com"))
     payment_api_key: str | None = Field(alias="PAYMENT_API_KEY", default=None)

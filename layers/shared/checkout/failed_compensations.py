@@ -287,6 +287,41 @@ class FailedCompensationLedger:
                 return sorted(found, key=lambda record: record.created_at)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def count_by_status(self, status: RecordStatus) -> int:
+        """How many records are in `status`: a COUNT Query on the status-index (items are read, not returned)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :status",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}},
+            "Select": "COUNT",
+        }
+        total = 0
+        while True:
+            page = self._dynamodb.query(**kwargs)
+            total += int(page.get("Count", 0))
+            if "LastEvaluatedKey" not in page:
+                return total
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def created_between(self, status: RecordStatus, start: str, end: str) -> list[FailedCompensation]:
+        """Every record in `status` created in [start, end) (ISO 8601 UTC): one Query on the status-index."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :status AND created_at BETWEEN :start AND :end",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}, ":start": {"S": start}, ":end": {"S": end}},
+        }
+        found: list[FailedCompensation] = []
+        while True:
+            page = self._dynamodb.query(**kwargs)
+            found += [FailedCompensation.model_validate(from_item(item)) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return [record for record in found if record.created_at < end]
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     # status changes: each one conditional, so a resolved record never reopens ----------------
     def claim(self, record: FailedCompensation, *, owner: str, lease_seconds: int) -> FailedCompensation | None:
         """Lease an open record for one retry; None when it is resolved or another processor holds it."""

@@ -118,6 +118,10 @@ class OperatorActions:
             return Page(items, encode_cursor(following, None) if following else None)
         return Page(items, None)
 
+    def counts(self) -> dict[str, int]:
+        """How many records are in each status, what needs a person first."""
+        return {status.value: self._ledger.count_by_status(status) for status in LISTING_ORDER}
+
     def _has_any(self, status: RecordStatus) -> bool:
         found, _ = self._ledger.list_by_status(status, limit=1)
         return bool(found)

@@ -152,6 +152,10 @@ class StripePaymentGateway:
     def retrieve(self, intent_id: str, *, timeout: float) -> Intent:
         return Intent.model_validate(self._call("GET", f"/v1/payment_intents/{intent_id}", timeout))
 
+    def retrieve_with_charge(self, intent_id: str, *, timeout: float) -> dict[str, Any]:
+        """The intent as Stripe answers it, its latest charge expanded (capture_before): the operator console's read."""
+        return self._call("GET", f"/v1/payment_intents/{intent_id}", timeout, params={"expand[]": "latest_charge"})
+
     def search_by_order(self, order_id: str, *, timeout: float) -> list[Intent]:
         query = {"query": f"metadata['order_id']:'{order_id}'"}
         body = self._call("GET", "/v1/payment_intents/search", timeout, params=query)

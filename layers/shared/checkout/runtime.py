@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -19,8 +20,10 @@ from checkout.compensation import Compensator
 from checkout.compensation_retries import CompensationRetrier
 from checkout.config import Settings, settings
 from checkout.confirm import CheckoutConfirmer
+from checkout.dead_letters import DeadLetters
 from checkout.failed_compensations import FailedCompensationLedger
 from checkout.operator_actions import OperatorActions
+from checkout.operator_reads import Kpis, ProviderStates
 from checkout.orders import OrderStore
 from checkout.payments import PaymentGateway, StripePaymentGateway
 from checkout.recovery import CompensationWorker
@@ -54,6 +57,7 @@ class Runtime:
         dynamodb: Any = None,
         sqs: Any = None,
         sns: Any = None,
+        cloudwatch: Any = None,
         payment_gateway: PaymentGateway | None = None,
         warehouse: Warehouse | None = None,
         alerts: AlertSink | None = None,
@@ -64,6 +68,7 @@ class Runtime:
             "dynamodb": dynamodb,
             "sqs": sqs,
             "sns": sns,
+            "cloudwatch": cloudwatch,
             "payment_gateway": payment_gateway,
             "warehouse": warehouse,
             "alerts": alerts,
@@ -82,6 +87,10 @@ class Runtime:
     @cached_property
     def sns(self) -> Any:
         return boto3.client("sns", config=AWS_CONFIG)
+
+    @cached_property
+    def cloudwatch(self) -> Any:
+        return boto3.client("cloudwatch", config=AWS_CONFIG)
 
     @cached_property
     def http(self) -> httpx.Client:
@@ -224,6 +233,35 @@ class Runtime:
     @cached_property
     def operator_actions(self) -> OperatorActions:
         return OperatorActions(ledger=self.ledger, store=self.store, saga=self.saga, clock=self.clock)
+
+    @cached_property
+    def provider_states(self) -> ProviderStates:
+        return ProviderStates(
+            ledger=self.ledger,
+            store=self.store,
+            payments=self.payment_gateway,
+            warehouse=self.warehouse,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(
+            sqs=self.sqs,
+            dlq_url=self.settings.failed_compensations_dlq_url,
+            queue_url=self.settings.failed_compensations_queue_url,
+        )
+
+    @cached_property
+    def kpis(self) -> Kpis:
+        return Kpis(
+            ledger=self.ledger,
+            cloudwatch=self.cloudwatch,
+            namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Checkout"),
+            service=os.environ.get("POWERTOOLS_SERVICE_NAME", "checkout"),
+            alerts_topic_name=self.settings.alerts_topic_arn.rsplit(":", 1)[-1],
+            clock=self.clock,
+        )
 
 
 _current: Runtime | None = None

@@ -68,25 +68,35 @@ class WarehouseClient:
             self._post(f"/v1/reservations/{reservation_id}/release", {}, idempotency_key, timeout)
         )
 
+    def get(self, reservation_id: str, *, timeout: float) -> Reservation:
+        """The reservation as the warehouse holds it now (held, released, ...): the operator console's read."""
+        return Reservation.model_validate(self._send("GET", f"/v1/reservations/{reservation_id}", None, None, timeout))
+
     def _post(self, path: str, body: dict[str, Any], idempotency_key: str, timeout: float) -> dict[str, Any]:
+        return self._send("POST", path, body, idempotency_key, timeout)
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None, timeout: float
+    ) -> dict[str, Any]:
         try:
-            response = self._client.post(
+            response = self._client.request(
+                method,
                 self._base + path,
                 json=body,
-                headers={"Idempotency-Key": idempotency_key},
+                headers={"Idempotency-Key": idempotency_key} if idempotency_key else {},
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
             )
         except httpx.TimeoutException as exc:
-            raise WarehouseUnavailable(f"POST {path}: no answer within {timeout:.1f}s", timed_out=True) from exc
+            raise WarehouseUnavailable(f"{method} {path}: no answer within {timeout:.1f}s", timed_out=True) from exc
         except httpx.TransportError as exc:
-            raise WarehouseUnavailable(f"POST {path}: {type(exc).__name__}") from exc
+            raise WarehouseUnavailable(f"{method} {path}: {type(exc).__name__}") from exc
         try:
             data: dict[str, Any] = response.json()
         except ValueError:
             data = {}
         if response.is_success:
             return data
-        message = f"POST {path}: {response.status_code} {data.get('error', '')}: {data.get('message', '')}"
+        message = f"{method} {path}: {response.status_code} {data.get('error', '')}: {data.get('message', '')}"
         if response.status_code == 409 and data.get("error") == "out_of_stock":
             raise OutOfStock(message, sku=data.get("sku"))
         if response.status_code in (408, 409, 429) or response.status_code >= 500:
