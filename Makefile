@@ -28,7 +28,7 @@ CHROMIUM     := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test fuzz bench build run demo clean browsers console screenshots
+.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test fuzz bench build run demo chaos clean browsers console screenshots
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
@@ -37,6 +37,7 @@ help:
 	@echo "make fuzz    schemathesis against both OpenAPI documents on a local stack, 10 min each (FUZZ_SECONDS)"
 	@echo "make console the operator console against the local stack (make run first)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
+	@echo "make chaos   the model-based chaos test, long (CHAOS_EXAMPLES=2000, random seed)"
 	@echo "make load    1,000 checkouts at concurrency 50 with 10 % payment faults; money invariants and budgets"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
@@ -135,6 +136,13 @@ test: lint typecheck validate openapi-check build unit
 FUZZ_SECONDS ?= 600
 fuzz: $(VENV)/.synced dynamodb-local
 	SCHEMATHESIS_MAX_TIME=$(FUZZ_SECONDS) $(RUN) pytest tests/e2e/test_api_fuzz.py -p no:cacheprovider
+
+# The chaos test of `make test`, run long: random examples, the shrunk counter-example printed on a failure
+# (hypothesis's "Falsifying example" steps and a @reproduce_failure blob to replay it).
+CHAOS_EXAMPLES ?= 2000
+chaos: $(VENV)/.synced
+	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
+	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 
 bench: $(VENV)/.synced dynamodb-local
 	$(RUN) python -m bench

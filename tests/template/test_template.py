@@ -34,6 +34,8 @@ CODE_ENVIRONMENT: dict[str, str | None] = {
     "STALE_SAGA_SECONDS": "StaleSagaSeconds",
     "SESSION_TTL_SECONDS": "SessionTtlSeconds",
     "CIRCUIT_FAILURE_THRESHOLD": "CircuitFailureThreshold",
+    "RECOVERY_MAX_ATTEMPTS": "RecoveryMaxAttempts",
+    "CONFIRM_TIMEOUT_SECONDS": None,
 }
 
 RESOURCE_ENVIRONMENT = {
@@ -625,8 +627,23 @@ def test_every_alarm_notifies_the_alerts_topic_when_it_fires_and_when_it_clears(
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], name
         assert alarm["OKActions"] == [{"Ref": "AlertsTopic"}], name
-        assert alarm["TreatMissingData"] == "notBreaching", name
+        # Only the backlog alarm treats silence as trouble (in prod): no metric means the workers did not run.
+        expected = (
+            "notBreaching" if name != "OldestOrderOverdueAlarm" else {"Fn::If": ["IsProd", "breaching", "notBreaching"]}
+        )
+        assert alarm["TreatMissingData"] == expected, name
         assert "docs/runbook.md#" in alarm["AlarmDescription"], name
+
+
+def test_worker_errors_and_an_overdue_order_page_whatever_the_cause(resources: dict[str, Any]) -> None:
+    by_metric = {alarm["MetricName"]: alarm for alarm in _alarms(resources).values()}
+
+    errors = by_metric["WorkerErrors"]
+    assert (errors["Namespace"], errors["Statistic"], errors["Threshold"]) == ("Checkout", "Sum", 0)
+    overdue = by_metric["OldestOrderOverdueSeconds"]
+    assert (overdue["Namespace"], overdue["Statistic"]) == ("Checkout", "Maximum")
+    # Longer than a healthy wait for the slowest schedule (10 min) and a worker's lease (its 180 s Timeout)
+    assert overdue["Threshold"] > 600 + 180
 
 
 def test_every_function_has_an_errors_alarm(resources: dict[str, Any]) -> None:

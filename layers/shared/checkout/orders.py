@@ -88,6 +88,8 @@ class Order(BaseModel):
     last_error: str | None = None
     refund_id: str | None = None
     compensation_id: str | None = None
+    # Recovery runs that could not settle the order (RECOVERY_MAX_ATTEMPTS): a counter, not history entries.
+    recovery_attempts: int = 0
 
     def key_attempt(self, step: str) -> int:
         return self.key_attempts.get(step, 1)

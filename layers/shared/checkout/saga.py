@@ -147,6 +147,7 @@ MUTABLE_FIELDS = frozenset(
         "last_error",
         "refund_id",
         "compensation_id",
+        "recovery_attempts",
     }
 )
 
@@ -200,6 +201,20 @@ class Saga:
             }
         )
         self._store.write_transition(order, after, self.work_for(after, int(now)))
+        return after
+
+    def reschedule(self, order: Order, **changes: Any) -> Order:
+        """Write what a step learnt and give the lease back without moving the order: no history entry.
+
+        For a run that spent no attempt or must wait (section 4: an order item stays small whatever happens).
+        """
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise IllegalTransition(f"a reschedule cannot set {sorted(unknown)}")
+        after = order.model_copy(
+            update={**changes, "version": order.version + 1, "lease_owner": None, "lease_until": None}
+        )
+        self._store.write_transition(order, after, self.work_for(after, int(self._clock())))
         return after
 
     def claim(self, order: Claimable, *, owner: str, lease_seconds: int) -> Order:
