@@ -28,15 +28,17 @@ CHROMIUM     := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
 RUN        := $(UV) run --frozen
 
-.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test bench build run demo contract clean browsers console screenshots
+.PHONY: help bootstrap dynamodb-local java npm load lint typecheck validate openapi openapi-check unit test fuzz bench build run demo contract chaos clean browsers console screenshots
 
 help:
 	@echo "make test    lint, types, template validation, OpenAPI freshness, tests with coverage"
 	@echo "make run     the whole system on 127.0.0.1 (moto server, HTTP front, workers, fake providers)"
 	@echo "make demo    drive every failure scenario against the local stack"
 	@echo "make contract  Stripe's behaviours: the fake, and Stripe's test mode with STRIPE_TEST_SECRET_KEY"
+	@echo "make fuzz    schemathesis against both OpenAPI documents on a local stack, 10 min each (FUZZ_SECONDS)"
 	@echo "make console the operator console against the local stack (make run first)"
 	@echo "make bench   request budgets, cold start and drain-rate benchmarks"
+	@echo "make chaos   the model-based chaos test, long (CHAOS_EXAMPLES=2000, random seed)"
 	@echo "make load    1,000 checkouts at concurrency 50 with 10 % payment faults; money invariants and budgets"
 	@echo "make build   sam build (needs Python 3.12 on PATH)"
 
@@ -111,6 +113,7 @@ openapi-check: $(VENV)/.synced
 	  || (echo "docs/openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
 	@$(RUN) python -m functions.admin.openapi | diff -u docs/admin-openapi.json - \
 	  || (echo "docs/admin-openapi.json is out of date: run 'make openapi' and commit it" >&2; exit 1)
+	$(RUN) openapi-spec-validator docs/openapi.json docs/admin-openapi.json
 
 # Installs chromium and chromium-driver from Debian when they are missing (these machines run as root).
 browsers:
@@ -129,6 +132,18 @@ unit: $(VENV)/.synced dynamodb-local browsers
 	$(RUN) pytest --cov=layers/shared/checkout --cov=functions --cov-report=term-missing:skip-covered
 
 test: lint typecheck validate openapi-check build unit
+
+# The schemathesis test of `make test`, with a long budget per document; FUZZ_SECONDS=60 for a shorter run.
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.synced dynamodb-local
+	SCHEMATHESIS_MAX_TIME=$(FUZZ_SECONDS) $(RUN) pytest tests/e2e/test_api_fuzz.py -p no:cacheprovider
+
+# The chaos test of `make test`, run long: random examples, the shrunk counter-example printed on a failure
+# (hypothesis's "Falsifying example" steps and a @reproduce_failure blob to replay it).
+CHAOS_EXAMPLES ?= 2000
+chaos: $(VENV)/.synced
+	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
+	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 
 bench: $(VENV)/.synced dynamodb-local
 	$(RUN) python -m bench

@@ -336,6 +336,17 @@ class _FrontHandler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._serve()
 
+    # The other standard methods (RFC 9110, and QUERY) are routed too: no route has them, so they get the JSON
+    # 404 API Gateway answers a request no route matches. A method HTTP does not define stays send_error's 501.
+    def do_TRACE(self) -> None:
+        self._serve()
+
+    def do_CONNECT(self) -> None:
+        self._serve()
+
+    def do_QUERY(self) -> None:
+        self._serve()
+
     def _serve(self) -> None:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             self.close_connection = True

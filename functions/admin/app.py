@@ -3,36 +3,56 @@
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.api_models import ErrorBody, RedriveRequest, ResolveRequest, RetryRequest
-from checkout.errors import CheckoutError
+from checkout.api_models import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    AdminOrderOut,
+    CompensationPage,
+    CompensationRecordOut,
+    JsonObject,
+    RedriveRequest,
+    ResolveRequest,
+    RetryRequest,
+)
+from checkout.errors import CheckoutError, OrderNotFound, ValidationFailed
 from checkout.failed_compensations import RecordStatus
-from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
+from checkout.http_api import JsonApi, answer, answers, json_response, refuse_unreadable
 from checkout.observability import logger, metrics, tracer
-from checkout.operator_actions import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from checkout.operator_actions import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    CompensationNotFound,
+    CompensationResolved,
+    QueueUnavailable,
+)
 from checkout.runtime import runtime
 
-app = APIGatewayHttpResolver(enable_validation=True)
-answer_errors_as_json(app)
+app = JsonApi()
 
-
-def _answers(success: tuple[int, str], *errors: tuple[int, str]) -> dict[int, OpenAPIResponse]:
-    """The route's answers for docs/admin-openapi.json; every error is `{"error", "message"}`."""
-    answers: dict[int, OpenAPIResponse] = {success[0]: {"description": success[1]}}
-    for status, codes in (*errors, (403, "forbidden: no IAM caller"), (500, "internal_error")):
-        answers[status] = {"description": codes, "content": {"application/json": {"model": ErrorBody}}}
-    return answers
+COMPENSATION_ID = Path(
+    min_length=1,
+    max_length=MAX_ID_LENGTH,
+    pattern=ID_PATTERN,
+    description="a failed-compensation record's id",
+    examples=["fc_ord_1c2d3e4f_void_authorization"],
+)
+ORDER_ID = Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, examples=["ord_1c2d3e4f"])
 
 
 class NoIamCaller(CheckoutError):
     """Defence in depth: every /admin route is IAM-authorized in the template, so this means misconfiguration."""
 
     status, code = 403, "forbidden"
+
+
+def _admin(*successes: dict[int, Any], errors: tuple[type[CheckoutError], ...] = ()) -> dict[int, Any]:
+    """An admin route's answers: every one may also be a 403 when no IAM caller reached it."""
+    return answers(*successes, errors=(*errors, NoIamCaller))
 
 
 def _operator() -> str:
@@ -45,8 +65,25 @@ def _operator() -> str:
 
 @app.get(
     "/admin/compensations",
+    operation_id="list_compensations",
     summary="List failed compensations, by status or all (failed first)",
-    responses=_answers((200, "{items: [record], next_cursor}"), (422, "validation_error")),
+    responses=_admin(
+        answer(
+            200,
+            CompensationPage,
+            "a page of records, and where the next one starts",
+            links={
+                "GetFirstCompensation": {
+                    "operationId": "get_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/items/0/id"},
+                },
+                "NextPage": {
+                    "operationId": "list_compensations",
+                    "parameters": {"query.cursor": "$response.body#/next_cursor"},
+                },
+            },
+        )
+    ),
 )
 @tracer.capture_method
 def list_compensations(
@@ -61,8 +98,9 @@ def list_compensations(
 
 @app.get(
     "/admin/counts",
+    operation_id="get_counts",
     summary="How many failed-compensation records are in each status",
-    responses=_answers((200, "{compensations: {failed, retrying, pending, resolved}}")),
+    responses=_admin(answer(200, JsonObject, "{compensations: {failed, retrying, pending, resolved}}")),
 )
 @tracer.capture_method
 def get_counts() -> Response[str]:
@@ -72,29 +110,49 @@ def get_counts() -> Response[str]:
 
 @app.get(
     "/admin/compensations/<compensation_id>",
+    operation_id="get_compensation",
     summary="One failed-compensation record",
-    responses=_answers((200, "the record"), (404, "compensation_not_found")),
+    responses=_admin(
+        answer(
+            200,
+            CompensationRecordOut,
+            "the record",
+            links={
+                "GetItsOrder": {
+                    "operationId": "get_admin_order",
+                    "parameters": {"path.order_id": "$response.body#/order_id"},
+                },
+                "RetryIt": {
+                    "operationId": "retry_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/id"},
+                },
+                "ResolveIt": {
+                    "operationId": "resolve_compensation",
+                    "parameters": {"path.compensation_id": "$response.body#/id"},
+                },
+            },
+        ),
+        errors=(CompensationNotFound,),
+    ),
 )
 @tracer.capture_method
-def get_compensation(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+def get_compensation(compensation_id: Annotated[str, COMPENSATION_ID]) -> Response[str]:
     _operator()
     return json_response(HTTPStatus.OK, runtime().operator_actions.show(compensation_id).public_view())
 
 
 @app.post(
     "/admin/compensations/<compensation_id>/retry",
+    operation_id="retry_compensation",
     summary="Queue a failed compensation for another try",
-    responses=_answers(
-        (202, "the record, pending and re-queued"),
-        (404, "compensation_not_found"),
-        (409, "compensation_resolved"),
-        (422, "validation_error"),
-        (503, "queue_unavailable"),
+    responses=_admin(
+        answer(202, CompensationRecordOut, "the record, pending and re-queued"),
+        errors=(CompensationNotFound, CompensationResolved, QueueUnavailable),
     ),
 )
 @tracer.capture_method
 def retry_compensation(
-    compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
+    compensation_id: Annotated[str, COMPENSATION_ID],
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> Response[str]:
     record = runtime().operator_actions.retry(compensation_id, by=_operator(), note=body.note if body else None)
@@ -103,17 +161,16 @@ def retry_compensation(
 
 @app.post(
     "/admin/compensations/<compensation_id>/resolve",
+    operation_id="resolve_compensation",
     summary="Resolve by hand; the order becomes COMPENSATED",
-    responses=_answers(
-        (200, "the record, resolved"),
-        (404, "compensation_not_found"),
-        (409, "compensation_resolved"),
-        (422, "validation_error: the note is missing or blank"),
+    responses=_admin(
+        answer(200, CompensationRecordOut, "the record, resolved"),
+        errors=(CompensationNotFound, CompensationResolved, ValidationFailed),
     ),
 )
 @tracer.capture_method
 def resolve_compensation(
-    compensation_id: Annotated[str, Path(min_length=1, max_length=256)],
+    compensation_id: Annotated[str, COMPENSATION_ID],
     body: Annotated[ResolveRequest, Body()],
 ) -> Response[str]:
     record = runtime().operator_actions.resolve(compensation_id, by=_operator(), note=body.note)
@@ -122,30 +179,33 @@ def resolve_compensation(
 
 @app.get(
     "/admin/orders/<order_id>",
+    operation_id="get_admin_order",
     summary="An order with its history and failed-compensation records",
-    responses=_answers((200, "the order, its history and its records"), (404, "order_not_found")),
+    responses=_admin(answer(200, AdminOrderOut, "the order, its history and its records"), errors=(OrderNotFound,)),
 )
 @tracer.capture_method
-def get_order(order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> Response[str]:
+def get_order(order_id: Annotated[str, ORDER_ID]) -> Response[str]:
     _operator()
     return json_response(HTTPStatus.OK, runtime().operator_actions.order(order_id))
 
 
 @app.get(
     "/admin/compensations/<compensation_id>/provider-state",
+    operation_id="get_provider_state",
     summary="What Stripe and the warehouse show now for a record's steps, and whether a retry can still help",
-    responses=_answers((200, "{payment, reservation, steps, retry}"), (404, "compensation_not_found")),
+    responses=_admin(answer(200, JsonObject, "{payment, reservation, steps, retry}"), errors=(CompensationNotFound,)),
 )
 @tracer.capture_method
-def get_provider_state(compensation_id: Annotated[str, Path(min_length=1, max_length=256)]) -> Response[str]:
+def get_provider_state(compensation_id: Annotated[str, COMPENSATION_ID]) -> Response[str]:
     _operator()
     return json_response(HTTPStatus.OK, runtime().provider_states.of(compensation_id))
 
 
 @app.get(
     "/admin/dlq",
+    operation_id="get_dlq",
     summary="Depth of the failed-compensations DLQ and of its source queue, and recent redrive tasks",
-    responses=_answers((200, "{dlq, queue, redrive_tasks}"), (503, "queue_unavailable")),
+    responses=_admin(answer(200, JsonObject, "{dlq, queue, redrive_tasks}"), errors=(QueueUnavailable,)),
 )
 @tracer.capture_method
 def get_dlq() -> Response[str]:
@@ -155,11 +215,11 @@ def get_dlq() -> Response[str]:
 
 @app.post(
     "/admin/dlq/redrive",
+    operation_id="redrive_dlq",
     summary="Move every DLQ message back to the failed-compensations queue",
-    responses=_answers(
-        (202, "the redrive task (or, where SQS has no move task, the messages moved)"),
-        (422, "validation_error"),
-        (503, "queue_unavailable"),
+    responses=_admin(
+        answer(202, JsonObject, "the redrive task (or, where SQS has no move task, the messages moved)"),
+        errors=(QueueUnavailable,),
     ),
 )
 @tracer.capture_method
@@ -172,8 +232,9 @@ def redrive_dlq(body: Annotated[RedriveRequest | None, Body()] = None) -> Respon
 
 @app.get(
     "/admin/kpis",
+    operation_id="get_kpis",
     summary="Saga success rate, compensation failure rate, average resolution time and alert volume over a window",
-    responses=_answers((200, "the four KPIs and the records created in the window"), (422, "validation_error")),
+    responses=_admin(answer(200, JsonObject, "the four KPIs and the records created in the window")),
 )
 @tracer.capture_method
 def get_kpis(
@@ -189,4 +250,4 @@ def get_kpis(
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm).
     runtime()
-    return refuse_oversized(event) or app.resolve(event, context)
+    return refuse_unreadable(event) or app.resolve(event, context)

@@ -7,7 +7,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from checkout.observability import logger, metrics, tracer
 from checkout.recovery import METRICS, WORKER
 from checkout.runtime import runtime
-from checkout.workers import run_scheduled
+from checkout.workers import emit_backlog, run_scheduled
 
 
 @logger.inject_lambda_context
@@ -22,4 +22,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         metric_names=METRICS,
         context=context,
         request_id=context.aws_request_id,
+        backlog=lambda: emit_backlog(current.store, current.clock()),
     )

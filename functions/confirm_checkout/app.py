@@ -3,33 +3,106 @@
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponseContentModel, OpenAPIResponseContentSchema
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from checkout.api_models import ConfirmAnswer, ConfirmRequest, CreateSessionRequest
+from checkout.api_models import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_TOKEN_LENGTH,
+    TOKEN_PATTERN,
+    ConfirmAnswer,
+    Confirmed,
+    ConfirmRequest,
+    CreateSessionRequest,
+    OrderOut,
+    PaymentPending,
+    RequiresAction,
+    SessionOut,
+)
 from checkout.deadline import Deadline
-from checkout.http_api import answer_errors_as_json, json_response, refuse_oversized
+from checkout.errors import (
+    ConfirmInProgress,
+    OrderNotFound,
+    OrderNotRecorded,
+    OutOfStockError,
+    PaymentDeclinedError,
+    PaymentOutcomeUnknownError,
+    PaymentTimeout,
+    PaymentUnavailable,
+    SessionClosed,
+    SessionNotFound,
+    WarehouseTimeoutError,
+    WarehouseUnavailableError,
+)
+from checkout.http_api import JsonApi, answer, answers, json_response, refuse_unreadable, use_jwt_subject
 from checkout.observability import logger, metrics, tracer
 from checkout.orders import LineItem
 from checkout.runtime import runtime
 
-app = APIGatewayHttpResolver(enable_validation=True)
-answer_errors_as_json(app)
+app = JsonApi()
+
+SESSION_ID = Header(
+    min_length=1,
+    max_length=MAX_ID_LENGTH,
+    pattern=ID_PATTERN,
+    description="the session_id POST /checkout/sessions answered (letters, digits, _ and -)",
+    examples=["cs_0f3a9c2e5b7d4e1f8a6b2c3d4e5f6a7b"],
+)
+CUSTOMER_ID = Header(
+    min_length=1,
+    max_length=MAX_ID_LENGTH,
+    pattern=TOKEN_PATTERN,
+    description=(
+        "the customer (printable ASCII without spaces, at most 128 characters). When the API has a JWT authorizer,"
+        " the token's `sub` claim is the customer and replaces whatever this header says (it may then be omitted)"
+    ),
+    examples=["cus_1"],
+)
+IDEMPOTENCY_KEY = Header(
+    min_length=1,
+    max_length=MAX_TOKEN_LENGTH,
+    pattern=TOKEN_PATTERN,
+    description="the same key resumes the same attempt (printable ASCII without spaces, at most 255 characters)",
+)
 
 
-def _customer(header_value: str) -> str:
-    """The customer is X-Customer-ID; when a JWT authorizer is configured its `sub` claim wins."""
-    authorizer = app.current_event.request_context.authorizer
-    claims = authorizer.jwt_claim if authorizer is not None else None
-    if claims and claims.get("sub"):
-        return str(claims["sub"])
-    return header_value
+# The order a confirm answered, read back by the same customer.
+ORDER_LINK = {
+    "GetOrder": {
+        "operationId": "get_order",
+        "parameters": {
+            "path.order_id": "$response.body#/order_id",
+            "header.x-customer-id": "$request.header.x-customer-id",
+        },
+    }
+}
 
 
-@app.post("/checkout/sessions", summary="Open a checkout session and reserve its stock")
+@app.post(
+    "/checkout/sessions",
+    operation_id="create_session",
+    summary="Open a checkout session and reserve its stock",
+    responses=answers(
+        answer(
+            201,
+            SessionOut,
+            "the session, open; its stock is reserved at the warehouse until expires_at",
+            links={
+                "ConfirmSession": {
+                    "operationId": "confirm_checkout",
+                    "parameters": {
+                        "header.x-session-id": "$response.body#/session_id",
+                        "header.x-customer-id": "$response.body#/customer_id",
+                    },
+                }
+            },
+        ),
+        errors=(OutOfStockError, WarehouseUnavailableError, WarehouseTimeoutError),
+    ),
+)
 @tracer.capture_method
 def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[str]:
     session = runtime().sessions.open(
@@ -43,38 +116,52 @@ def create_session(body: Annotated[CreateSessionRequest, Body()]) -> Response[st
     return json_response(HTTPStatus.CREATED, {**payload, "status": "open"})
 
 
-_CONFIRMED: dict[str, OpenAPIResponseContentSchema | OpenAPIResponseContentModel] = {
-    "application/json": {"model": ConfirmAnswer}
-}
-
-
 @app.post(
     "/checkout/confirm",
+    operation_id="confirm_checkout",
     summary="Confirm a checkout: authorize, record, capture",
     description=(
         "202 `requires_action`: the card needs 3-D Secure. The shop's page completes the challenge with Stripe.js "
         "`stripe.handleNextAction({clientSecret})` and calls confirm again, which answers 201 once captured, 402 if "
         "authentication failed (the session stays open), or the same 202 while the challenge is still waiting."
     ),
-    responses={
-        200: {"description": "this session was already confirmed: its order", "content": _CONFIRMED},
-        201: {"description": "confirmed: authorized and captured", "content": _CONFIRMED},
-        202: {
-            "description": "payment_pending (capture retried later) or requires_action (3-D Secure)",
-            "content": _CONFIRMED,
-        },
-    },
+    responses=answers(
+        answer(200, ConfirmAnswer, "this session was confirmed before: its order, as it stands", ORDER_LINK),
+        answer(201, Confirmed, "authorized and captured: the order is confirmed", ORDER_LINK),
+        answer(
+            202,
+            PaymentPending,
+            "authorized; the capture is being retried (the order shows when it is done)",
+            ORDER_LINK,
+        ),
+        answer(
+            202,
+            RequiresAction,
+            "the card needs 3-D Secure: complete it with Stripe.js handleNextAction, then confirm again",
+            ORDER_LINK,
+        ),
+        errors=(
+            PaymentDeclinedError,
+            SessionNotFound,
+            ConfirmInProgress,
+            SessionClosed,
+            PaymentOutcomeUnknownError,
+            PaymentUnavailable,
+            OrderNotRecorded,
+            PaymentTimeout,
+        ),
+    ),
 )
 @tracer.capture_method
 def confirm_checkout(
-    x_session_id: Annotated[str, Header(min_length=1, max_length=128)],
-    x_customer_id: Annotated[str, Header(min_length=1, max_length=128)],
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    x_session_id: Annotated[str, SESSION_ID],
+    x_customer_id: Annotated[str, CUSTOMER_ID],
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
     body: Annotated[ConfirmRequest | None, Body()] = None,
 ) -> Response[str]:
     result = runtime().confirmer.confirm(
         session_id=x_session_id,
-        customer_id=_customer(x_customer_id),
+        customer_id=x_customer_id,
         payment_method=body.payment_method if body else None,
         idempotency_key=idempotency_key,
         deadline=Deadline.from_context(app.lambda_context),
@@ -82,13 +169,20 @@ def confirm_checkout(
     return json_response(result.http_status, result.body())
 
 
-@app.get("/orders/<order_id>", summary="An order with its saga history")
+@app.get(
+    "/orders/<order_id>",
+    operation_id="get_order",
+    summary="An order with its saga history",
+    responses=answers(answer(200, OrderOut, "the order and its saga history"), errors=(OrderNotFound,)),
+)
 @tracer.capture_method
 def get_order(
-    order_id: Annotated[str, Path(min_length=1, max_length=128)],
-    x_customer_id: Annotated[str, Header(min_length=1, max_length=128)],
+    order_id: Annotated[
+        str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, examples=["ord_1c2d3e4f"])
+    ],
+    x_customer_id: Annotated[str, CUSTOMER_ID],
 ) -> Response[str]:
-    order = runtime().confirmer.get_order(order_id, _customer(x_customer_id))
+    order = runtime().confirmer.get_order(order_id, x_customer_id)
     return json_response(HTTPStatus.OK, order.public_view())
 
 
@@ -99,4 +193,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # Outside the resolver on purpose: bad configuration fails the invocation loudly (Errors alarm),
     # naming the variable, instead of turning into a 500 answer.
     runtime()
-    return refuse_oversized(event) or app.resolve(event, context)
+    return refuse_unreadable(event) or app.resolve(use_jwt_subject(event, "x-customer-id"), context)

@@ -34,6 +34,8 @@ CODE_ENVIRONMENT: dict[str, str | None] = {
     "STALE_SAGA_SECONDS": "StaleSagaSeconds",
     "SESSION_TTL_SECONDS": "SessionTtlSeconds",
     "CIRCUIT_FAILURE_THRESHOLD": "CircuitFailureThreshold",
+    "RECOVERY_MAX_ATTEMPTS": "RecoveryMaxAttempts",
+    "CONFIRM_TIMEOUT_SECONDS": None,
 }
 
 RESOURCE_ENVIRONMENT = {
@@ -281,7 +283,7 @@ def test_http_api_enables_iam_and_logs_every_request(resources: dict[str, Any]) 
     assert api["FailOnWarnings"] is True
     log_group_id = api["AccessLogSettings"]["DestinationArn"]["Fn::GetAtt"][0]
     assert resources[log_group_id]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
-    assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
+    assert api["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
 
 
 def test_every_route_reaches_the_api(resources: dict[str, Any]) -> None:
@@ -448,9 +450,170 @@ def test_a_retry_lease_ends_before_the_message_is_delivered_again(
 
 def test_failed_compensation_records_can_never_be_deleted_by_a_function(resources: dict[str, Any]) -> None:
     for name, function in _of_type(resources, "AWS::Serverless::Function").items():
-        for policy in function["Properties"].get("Policies", []):
-            if isinstance(policy, dict) and "DynamoDBCrudPolicy" in policy:
-                assert policy["DynamoDBCrudPolicy"]["TableName"] != {"Ref": "FailedCompensationsTable"}, name
+        for action, resource in _grants(function["Properties"]):
+            if "FailedCompensationsTable" in resource:
+                assert action not in DELETING_ACTIONS, (name, action)
+
+
+# --- least privilege -------------------------------------------------------------------------------
+# What each function's code calls (grep its modules for boto3 calls), by resource. A change to the code that
+# calls something new must change this table and the template together.
+_ORDERS = json.dumps({"Fn::GetAtt": ["OrdersTable", "Arn"]}, sort_keys=True)
+_DUE_INDEXES = {
+    json.dumps({"Fn::Sub": f"${{OrdersTable.Arn}}/index/{index}"}, sort_keys=True)
+    for index in ("sharded-due-index", "due-index")  # the second only while the first backfills (orders.py)
+}
+_LEDGER = json.dumps({"Fn::GetAtt": ["FailedCompensationsTable", "Arn"]}, sort_keys=True)
+_STATUS_INDEX = json.dumps({"Fn::Sub": "${FailedCompensationsTable.Arn}/index/status-index"}, sort_keys=True)
+_ORDER_INDEX = json.dumps({"Fn::Sub": "${FailedCompensationsTable.Arn}/index/order-index"}, sort_keys=True)
+_QUEUE = json.dumps({"Fn::GetAtt": ["FailedCompensationsQueue", "Arn"]}, sort_keys=True)
+_DLQ = json.dumps({"Fn::GetAtt": ["FailedCompensationsDLQ", "Arn"]}, sort_keys=True)
+_TOPIC = json.dumps({"Ref": "AlertsTopic"}, sort_keys=True)
+_TOPIC_KEY = json.dumps({"Fn::GetAtt": ["AlertsTopicKey", "Arn"]}, sort_keys=True)
+_SECRET = json.dumps({"Ref": "PaymentApiKeySecret"}, sort_keys=True)
+_PAUSE = json.dumps(
+    {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${WorkerPauseParameter}"},
+    sort_keys=True,
+)
+_RECORD_FAILURES = {(a, _LEDGER) for a in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")}
+_ALERT = {("sns:Publish", _TOPIC), ("kms:GenerateDataKey*", _TOPIC_KEY), ("kms:Decrypt", _TOPIC_KEY)}
+_PAYMENT_KEY = {("secretsmanager:GetSecretValue", _SECRET)}
+# Due orders queried and moved; a move whose answer was lost is read back (orders.py _recognised).
+_DUE_ORDERS = {("dynamodb:Query", index) for index in _DUE_INDEXES} | {
+    ("dynamodb:UpdateItem", _ORDERS),
+    ("dynamodb:GetItem", _ORDERS),
+}
+LEAST_PRIVILEGE: dict[str, set[tuple[str, str]]] = {
+    # sessions.open, confirm (TransactWriteItems = Put + Update), saga moves; record_failure on a failed write.
+    "ConfirmCheckoutFunction": {(a, _ORDERS) for a in ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")}
+    | _RECORD_FAILURES
+    | {("sqs:SendMessage", _QUEUE)}
+    | _ALERT
+    | _PAYMENT_KEY,
+    # capture_retry: due orders, claimed and moved; the pause switch.
+    "CaptureRetryFunction": _DUE_ORDERS | {("ssm:GetParameter", _PAUSE)} | _PAYMENT_KEY,
+    # compensation + recovery: due orders, moved; failed steps recorded, queued, alerted; the pause switch.
+    "CompensationFunction": _DUE_ORDERS
+    | _RECORD_FAILURES
+    | {("sqs:SendMessage", _QUEUE), ("ssm:GetParameter", _PAUSE)}
+    | _ALERT
+    | _PAYMENT_KEY,
+    # compensation_retries: a record read, claimed, updated; its order read and moved; re-queue; exhausted alert.
+    "DlqProcessorFunction": {(a, r) for a in ("dynamodb:GetItem", "dynamodb:UpdateItem") for r in (_LEDGER, _ORDERS)}
+    | {("sqs:SendMessage", _QUEUE)}
+    | _ALERT
+    | _PAYMENT_KEY,
+    # operator_actions: records listed (two indexes), read, re-queued, resolved; orders read and moved.
+    # The console's reads (dead_letters.py, operator_reads.py): queue depths, the DLQ's move task (or its
+    # receive-send-delete fallback), KPI metrics, and intents read with the Stripe key.
+    "AdminFunction": {(a, r) for a in ("dynamodb:GetItem", "dynamodb:UpdateItem") for r in (_LEDGER, _ORDERS)}
+    | {("dynamodb:Query", _STATUS_INDEX), ("dynamodb:Query", _ORDER_INDEX), ("sqs:SendMessage", _QUEUE)}
+    | {("sqs:GetQueueAttributes", q) for q in (_QUEUE, _DLQ)}
+    | {
+        (a, _DLQ)
+        for a in ("sqs:StartMessageMoveTask", "sqs:ListMessageMoveTasks", "sqs:ReceiveMessage", "sqs:DeleteMessage")
+    }
+    | {("cloudwatch:GetMetricData", '"*"')}
+    | _PAYMENT_KEY,
+}
+# Actions AWS authorizes on no resource but "*".
+NO_RESOURCE_LEVEL = {"cloudwatch:GetMetricData"}
+DELETING_ACTIONS = {"dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable", "dynamodb:PartiQLDelete"}
+# SAM policy templates this template uses, as the statements SAM expands them to.
+_SAM_POLICY_TEMPLATES = {
+    "SNSPublishMessagePolicy": lambda p: (
+        {("sns:Publish", json.dumps({"Ref": "AlertsTopic"}, sort_keys=True))}
+        if p["TopicName"] == {"Fn::GetAtt": ["AlertsTopic", "TopicName"]}
+        else {("sns:Publish", json.dumps(p, sort_keys=True))}
+    ),
+    "AWSSecretsManagerGetSecretValuePolicy": lambda p: {
+        ("secretsmanager:GetSecretValue", json.dumps(p["SecretArn"], sort_keys=True))
+    },
+}
+
+
+def _grants(function_properties: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (action, resource) a function's policies allow; fails on a policy it cannot read exactly."""
+    granted: set[tuple[str, str]] = set()
+    for policy in function_properties.get("Policies", []):
+        assert isinstance(policy, dict), policy
+        assert len(policy) == 1, policy
+        [(kind, body)] = policy.items()
+        if kind == "Statement":
+            for statement in body:
+                assert statement["Effect"] == "Allow"
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                granted |= {(a, json.dumps(r, sort_keys=True)) for a in actions for r in targets}
+        else:
+            assert kind in _SAM_POLICY_TEMPLATES, f"{kind}: use a Statement or a template the test can expand"
+            granted |= _SAM_POLICY_TEMPLATES[kind](body)
+    return granted
+
+
+@pytest.mark.parametrize("function", sorted(LEAST_PRIVILEGE))
+def test_each_function_may_call_exactly_what_its_code_calls(resources: dict[str, Any], function: str) -> None:
+    granted = _grants(resources[function]["Properties"])
+
+    assert granted == LEAST_PRIVILEGE[function]
+    assert not any("*" in action.split(":", 1)[1] and not action.startswith("kms:") for action, _ in granted)
+    assert all(resource != '"*"' for action, resource in granted if action not in NO_RESOURCE_LEVEL)
+
+
+def test_no_function_may_delete_or_scan(resources: dict[str, Any]) -> None:
+    for name, function in _of_type(resources, "AWS::Serverless::Function").items():
+        actions = {action for action, _ in _grants(function["Properties"])}
+        assert not actions & (DELETING_ACTIONS | {"dynamodb:Scan", "dynamodb:PartiQLSelect"}), name
+
+
+def test_every_dynamodb_call_in_the_code_is_granted_to_some_function(resources: dict[str, Any]) -> None:
+    code = "\n".join(p.read_text() for p in (TEMPLATE_PATH.parent / "layers" / "shared" / "checkout").glob("*.py"))
+    called = set(re.findall(r"\.(get_item|put_item|update_item|query|transact_write_items|delete_item|scan)\(", code))
+    # TransactWriteItems is authorized as the Put and Update it holds (orders.py create_order).
+    needed = {f"dynamodb:{''.join(w.capitalize() for w in op.split('_'))}" for op in called} - {
+        "dynamodb:TransactWriteItems"
+    }
+    granted = {a for f in LEAST_PRIVILEGE for a, _ in _grants(resources[f]["Properties"])}
+
+    assert "dynamodb:DeleteItem" not in needed
+    assert "dynamodb:Scan" not in needed
+    assert needed <= granted
+
+
+# --- customer authentication and throttling --------------------------------------------------------
+def test_customer_routes_can_take_an_optional_jwt_authorizer(template: dict[str, Any]) -> None:
+    parameters, api = template["Parameters"], template["Resources"]["CheckoutHttpApi"]["Properties"]
+    body = api["DefinitionBody"]
+
+    assert parameters["JwtIssuer"]["Default"] == ""
+    assert parameters["JwtAudience"]["Type"] == "CommaDelimitedList"
+    assert template["Conditions"]["HasJwtAuthorizer"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
+    condition, scheme, absent = body["components"]["securitySchemes"]["CustomerJwt"]["Fn::If"]
+    assert (condition, absent) == ("HasJwtAuthorizer", {"Ref": "AWS::NoValue"})
+    assert scheme["x-amazon-apigateway-authorizer"]["type"] == "jwt"
+    assert scheme["x-amazon-apigateway-authorizer"]["jwtConfiguration"] == {
+        "issuer": {"Ref": "JwtIssuer"},
+        "audience": {"Ref": "JwtAudience"},
+    }
+    customer_routes = {("post", "/checkout/confirm"), ("get", "/orders/{order_id}")}
+    secured = {(m, p) for p, ops in body["paths"].items() for m in ops}
+    assert secured == customer_routes
+    for method, path in customer_routes:
+        assert body["paths"][path][method]["security"] == {
+            "Fn::If": ["HasJwtAuthorizer", [{"CustomerJwt": []}], {"Ref": "AWS::NoValue"}]
+        }
+
+
+def test_stage_throttling_is_set_by_parameters(template: dict[str, Any]) -> None:
+    settings = template["Resources"]["CheckoutHttpApi"]["Properties"]["DefaultRouteSettings"]
+    parameters = template["Parameters"]
+
+    assert settings == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+    assert parameters["ApiThrottlingRateLimit"]["Default"] == 100
+    assert parameters["ApiThrottlingBurstLimit"]["Default"] >= parameters["ApiThrottlingRateLimit"]["Default"]
 
 
 def _alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -464,8 +627,23 @@ def test_every_alarm_notifies_the_alerts_topic_when_it_fires_and_when_it_clears(
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], name
         assert alarm["OKActions"] == [{"Ref": "AlertsTopic"}], name
-        assert alarm["TreatMissingData"] == "notBreaching", name
+        # Only the backlog alarm treats silence as trouble (in prod): no metric means the workers did not run.
+        expected = (
+            "notBreaching" if name != "OldestOrderOverdueAlarm" else {"Fn::If": ["IsProd", "breaching", "notBreaching"]}
+        )
+        assert alarm["TreatMissingData"] == expected, name
         assert "docs/runbook.md#" in alarm["AlarmDescription"], name
+
+
+def test_worker_errors_and_an_overdue_order_page_whatever_the_cause(resources: dict[str, Any]) -> None:
+    by_metric = {alarm["MetricName"]: alarm for alarm in _alarms(resources).values()}
+
+    errors = by_metric["WorkerErrors"]
+    assert (errors["Namespace"], errors["Statistic"], errors["Threshold"]) == ("Checkout", "Sum", 0)
+    overdue = by_metric["OldestOrderOverdueSeconds"]
+    assert (overdue["Namespace"], overdue["Statistic"]) == ("Checkout", "Maximum")
+    # Longer than a healthy wait for the slowest schedule (10 min) and a worker's lease (its 180 s Timeout)
+    assert overdue["Threshold"] > 600 + 180
 
 
 def test_every_function_has_an_errors_alarm(resources: dict[str, Any]) -> None:
@@ -579,7 +757,10 @@ def test_workers_read_the_pause_switch_and_may_only_read_it(template: dict[str, 
     for function in ("CaptureRetryFunction", "CompensationFunction"):
         props = template["Resources"][function]["Properties"]
         assert props["Environment"]["Variables"]["WORKER_PAUSE_PARAMETER"] == {"Ref": "WorkerPauseParameter"}
-        assert any("SSMParameterReadPolicy" in policy for policy in props["Policies"] if isinstance(policy, dict))
+        pause_arn = {
+            "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${WorkerPauseParameter}"
+        }
+        assert ("ssm:GetParameter", json.dumps(pause_arn, sort_keys=True)) in _grants(props)
 
 
 def test_a_worker_run_ends_before_its_next_schedule(template: dict[str, Any]) -> None:

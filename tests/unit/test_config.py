@@ -79,3 +79,34 @@ def test_search_lag_defaults_to_an_hour_and_an_empty_return_url_means_none() -> 
 def test_a_return_url_must_be_a_url() -> None:
     with pytest.raises(ConfigurationError, match="PAYMENT_RETURN_URL"):
         Settings.from_environ({**BASE, "PAYMENT_RETURN_URL": "not a url"})
+
+
+# --- timing relations (section 4), checked at cold start ----------------------------------------------
+
+
+def test_a_payment_timeout_that_leaves_the_dlq_processor_no_time_fails_the_cold_start_naming_both() -> None:
+    # Given the dlq_processor's 30 s Timeout and a payment timeout of 18 s (the template once allowed 25)
+    env = {**BASE, "PAYMENT_TIMEOUT_SECONDS": "18", "FUNCTION_TIMEOUT_SECONDS": "30"}
+
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_environ(env)
+
+    message = str(raised.value)
+    assert "PAYMENT_TIMEOUT_SECONDS (18)" in message
+    assert "WAREHOUSE_TIMEOUT_SECONDS (10)" in message
+    assert "FUNCTION_TIMEOUT_SECONDS (30)" in message
+
+
+def test_a_stale_saga_time_within_the_confirm_timeout_fails_the_cold_start_naming_both() -> None:
+    env = {**BASE, "STALE_SAGA_SECONDS": "20", "CONFIRM_TIMEOUT_SECONDS": "28"}
+
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_environ(env)
+
+    assert "STALE_SAGA_SECONDS (20)" in str(raised.value)
+    assert "CONFIRM_TIMEOUT_SECONDS (28)" in str(raised.value)
+
+
+def test_the_defaults_fit_every_function_timeout_of_the_template() -> None:
+    for timeout in ("28", "30", "180"):
+        Settings.from_environ({**BASE, "FUNCTION_TIMEOUT_SECONDS": timeout, "CONFIRM_TIMEOUT_SECONDS": "28"})

@@ -107,9 +107,22 @@ class CaptureRetryWorker:
 
     def _settle_failure(self, failure: _Failed, *, outage: bool) -> str:
         order, result = failure.order, failure.result
-        spent = order.capture_attempts if outage else order.capture_attempts + 1
         keys = {**order.key_attempts, Step.CAPTURE.value: result.next_key_attempt or order.key_attempt(Step.CAPTURE)}
         error = (result.error or str(result.outcome))[:2000]
+        if outage or not result.provider_fault:
+            # No attempt spent: the provider was down for everyone (the circuit opened), or the run ran out of
+            # time before the capture went out. Rescheduled without a history entry, so the item stays small.
+            why = "provider outage" if outage else "out of time"
+            next_at = int(self._clock()) + (
+                backoff_seconds(order.capture_attempts, base=self._base, cap=self._cap, rand=self._rand)
+                if outage
+                else 0
+            )
+            self._saga.reschedule(
+                order, next_attempt_at=next_at, key_attempts=keys, last_error=f"{why}: {error}"[:2000]
+            )
+            return RESCHEDULED
+        spent = order.capture_attempts + 1
         if spent >= self._max_retries:
             self._saga.move(
                 order,
@@ -124,7 +137,7 @@ class CaptureRetryWorker:
             )
             return EXHAUSTED
         next_at = int(self._clock()) + backoff_seconds(spent, base=self._base, cap=self._cap, rand=self._rand)
-        why = "provider outage, attempt not counted" if outage else f"attempt {spent} of {self._max_retries} failed"
+        why = f"attempt {spent} of {self._max_retries} failed"
         self._saga.move(
             order,
             S.CAPTURE_PENDING,

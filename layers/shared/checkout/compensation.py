@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from checkout.charges import Charges, Outcome, StepResult
-from checkout.deadline import Deadline, OutOfTime
-from checkout.failed_compensations import FailedCompensation, FailedCompensationLedger, OperationType
+from checkout.deadline import MIN_CALL_SECONDS, Deadline, OutOfTime
+from checkout.failed_compensations import (
+    FailedCompensation,
+    FailedCompensationLedger,
+    OperationType,
+    RecordIncomplete,
+)
 from checkout.observability import logger
 from checkout.orders import Order
 from checkout.saga import Saga, SagaState, Step, idempotency_key
-from checkout.warehouse import Warehouse, WarehouseError, WarehouseRejected
+from checkout.warehouse import Warehouse, WarehouseError, WarehouseRejected, WarehouseUnavailable
 
 
 @dataclass
@@ -23,6 +30,8 @@ class CompensationSteps:
     refund_id: str | None = None
     authorization_id: str | None = None
     provider_fault: bool = False
+    # The run ran out of Lambda time before a step could be judged: not a failure, the order is left due.
+    out_of_time: bool = False
 
     @property
     def ok(self) -> bool:
@@ -82,7 +91,11 @@ class Compensator:
         elif voided.outcome not in (Outcome.VOIDED, Outcome.NOTHING_HELD):
             steps.failed.append(OperationType.VOID_AUTHORIZATION)
             steps.errors.append(f"void: {voided.error}")
-            steps.provider_fault = True
+            # A void (or its read-back) cut short by the invocation's end proves nothing about the provider.
+            if deadline.has_time_for(MIN_CALL_SECONDS):
+                steps.provider_fault = True
+            else:
+                steps.out_of_time = True
         if order.reservation_id:
             release_attempt = order.key_attempt(Step.RELEASE)
             try:
@@ -95,17 +108,32 @@ class Compensator:
                 if exc.status != 404:  # an unknown reservation holds nothing: it expired or never was
                     steps.failed.append(OperationType.RELEASE_RESERVATION)
                     steps.errors.append(f"release: {exc}")
-            except (WarehouseError, OutOfTime) as exc:
+            except OutOfTime as exc:
                 steps.failed.append(OperationType.RELEASE_RESERVATION)
                 steps.errors.append(f"release: {exc}")
-                if not isinstance(exc, OutOfTime):
-                    # The warehouse replays a stored 5xx under the same key forever; releasing is idempotent by
-                    # nature (a released reservation answers "released"), so the next try may use a new key.
+                steps.out_of_time = True
+            except WarehouseError as exc:
+                steps.failed.append(OperationType.RELEASE_RESERVATION)
+                steps.errors.append(f"release: {exc}")
+                if isinstance(exc, WarehouseUnavailable) and exc.status is not None and exc.status >= 500:
+                    # An answer came back: a stored 5xx the warehouse replays under this key forever. Releasing
+                    # is idempotent by nature (a released reservation answers "released"), so the next try may
+                    # use a new key. After a timeout or a dropped connection the first request may still be
+                    # running: the same key goes again (section 4's second-key rule).
                     steps.key_attempts[Step.RELEASE] = release_attempt + 1
         return steps
 
     def record(self, order: Order, steps: CompensationSteps) -> FailedCompensation | None:
-        """Put a failed compensation in the ledger: record, queue message, one alert."""
+        """Put a failed compensation in the ledger: record, queue message, one alert; None when incomplete.
+
+        An incomplete record is completed by whoever next records the same failure of the order.
+        """
+        try:
+            return self._record(order, steps)
+        except RecordIncomplete:
+            return None
+
+    def _record(self, order: Order, steps: CompensationSteps) -> FailedCompensation:
         logger.error(
             "compensation failed",
             extra={"order_id": order.order_id, "operation": steps.operation, "error": steps.error},
@@ -116,6 +144,7 @@ class Compensator:
             operation=steps.operation,
             authorization_id=steps.authorization_id,
             error=steps.error,
+            key_attempts=steps.key_attempts,
         )
 
     def compensate(self, order: Order, deadline: Deadline, *, reason: str, trust_empty_search: bool) -> Order:
@@ -125,10 +154,11 @@ class Compensator:
         return self.finish(order, steps, reason=reason)
 
     def finish(self, order: Order, steps: CompensationSteps, *, reason: str) -> Order:
-        """Write what the steps achieved, through COMPENSATING: COMPENSATED, or recorded and COMPENSATION_FAILED."""
+        """Write what the steps achieved, through COMPENSATING: COMPENSATED; or, once its record, message and alert
+        all exist, COMPENSATION_FAILED; else the order stays COMPENSATING and due (section 4)."""
         path = [] if order.saga_state is SagaState.COMPENSATING else [SagaState.COMPENSATING]
         if steps.ok:
-            return self._saga.move(
+            done = self._saga.move(
                 order,
                 *path,
                 SagaState.COMPENSATED,
@@ -137,7 +167,18 @@ class Compensator:
                 refund_id=steps.refund_id,
                 authorization_id=steps.authorization_id,
             )
-        record = self.record(order, steps)
+            self._close_open_records(done, keep=None, why="compensated before the record was complete")
+            return done
+        if steps.out_of_time:
+            return self.leave_due(order, steps, reason=f"{reason}: out of time, left due")
+        try:
+            record = self._record(order, steps)
+        except RecordIncomplete as exc:
+            return self.leave_due(
+                order, steps, reason=f"{reason}; {steps.error}; record incomplete", compensation_id=exc.record_id
+            )
+        # Every step was tried again just now: what still fails is in this record, earlier ones are superseded.
+        self._close_open_records(order, keep=record.id, why=f"superseded by {record.id}")
         return self._saga.move(
             order,
             *path,
@@ -147,5 +188,37 @@ class Compensator:
             refund_id=steps.refund_id,
             authorization_id=steps.authorization_id,
             last_error=steps.error[:2000],
-            compensation_id=record.id if record else None,
+            compensation_id=record.id,
         )
+
+    def leave_due(
+        self, order: Order, steps: CompensationSteps, *, reason: str, compensation_id: str | None = None
+    ) -> Order:
+        """Keep the order COMPENSATING and due, with what the steps learnt (key attempts, the intent).
+
+        Entering COMPENSATING is one history entry; staying there adds none, so the item stays small.
+        """
+        changes = {
+            "key_attempts": steps.key_attempts,
+            "refund_id": steps.refund_id or order.refund_id,
+            "authorization_id": steps.authorization_id or order.authorization_id,
+            "last_error": steps.error[:2000] or order.last_error,
+            "compensation_id": compensation_id or order.compensation_id,
+        }
+        if order.saga_state is SagaState.COMPENSATING:
+            return self._saga.reschedule(order, **changes)
+        return self._saga.move(order, SagaState.COMPENSATING, reason=reason[:500], **changes)
+
+    def _close_open_records(self, order: Order, *, keep: str | None, why: str) -> None:
+        """Resolve the order's other open records: begun by an earlier try whose write or message or alert failed.
+
+        One Query on the order-index per compensated order (compensation is itself the rare path). An AWS error
+        leaves them open: their message, if any, finds them resolved or retries them.
+        """
+        try:
+            for record in self._ledger.for_order(order.order_id):
+                if record.is_open and record.id != keep:
+                    self._ledger.resolve(record.id, by="compensation", key_attempts=order.key_attempts)
+                    logger.info("open record closed", extra={"compensation_id": record.id, "why": why})
+        except (ClientError, BotoCoreError):
+            logger.exception("could not close the order's earlier records", extra={"order_id": order.order_id})

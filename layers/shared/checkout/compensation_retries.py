@@ -13,7 +13,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from checkout.compensation import Compensator
 from checkout.deadline import Deadline
-from checkout.failed_compensations import FailedCompensation, FailedCompensationLedger, OperationType, RecordStatus
+from checkout.failed_compensations import (
+    FailedCompensation,
+    FailedCompensationLedger,
+    OperationType,
+    RecordIncomplete,
+    RecordStatus,
+)
 from checkout.observability import MetricUnit, logger, metrics
 from checkout.orders import Order, OrderStore
 from checkout.saga import ConcurrentUpdate, Saga, SagaState
@@ -142,6 +148,13 @@ class CompensationRetrier:
         if not record.is_open:
             logger.info("record already resolved; nothing to do", extra=context)
             return MessageResult(MessageOutcome.ALREADY_RESOLVED, compensation_id, record)
+        if not record.complete:
+            # Whoever next touches an incomplete record completes it: this message is its message; the alert
+            # may still be missing. If AWS refuses again, the retry goes on and the next delivery tries again.
+            try:
+                record = self._ledger.complete(record, message_exists=True)
+            except RecordIncomplete:
+                logger.warning("record still incomplete", extra=context)
         if not deadline.has_time_for(self._call_budget):
             return self._defer(record, context)
         claimed = self._ledger.claim(record, owner=message_id, lease_seconds=self._lease)
@@ -194,6 +207,10 @@ class CompensationRetrier:
             # Only the release left: an earlier try voided (or refunded) it, so no void is sent again.
             nothing_held=not record.steps_to_retry() & PAYMENT_STEPS,
         )
+        if steps.out_of_time:
+            # Running out of time is not a failed try: give the lease back and re-queue the record.
+            self._ledger.release_claim(record.id, owner=context["message_id"])
+            return self._defer(record, context)
         if not steps.ok:
             return self._failed(
                 record, steps.error, steps.key_attempts, steps.failed, context, last_delivery=last_delivery

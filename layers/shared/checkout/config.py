@@ -8,6 +8,8 @@ from functools import cache
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from checkout.deadline import DEFAULT_MARGIN_SECONDS
+
 
 class ConfigurationError(RuntimeError):
     """A required variable is missing or malformed; the message names it."""
@@ -42,8 +44,13 @@ class Settings(BaseModel):
     payment_search_lag_seconds: int = Field(alias="PAYMENT_SEARCH_LAG_SECONDS", default=3600, ge=0)
     # Empty (the template's default) means no redirect-based payment methods: authorize sends allow_redirects=never.
     payment_return_url: AnyHttpUrl | None = Field(alias="PAYMENT_RETURN_URL", default=None)
+    recovery_max_attempts: int = Field(alias="RECOVERY_MAX_ATTEMPTS", default=12, ge=1)
     worker_pause_parameter: str | None = Field(alias="WORKER_PAUSE_PARAMETER", default=None)
     worker_concurrency: int = Field(alias="WORKER_CONCURRENCY", default=16, ge=1, le=64)
+    # The running function's own Timeout, and the confirm function's (template.yaml sets both): the timing
+    # relations of ARCHITECTURE.md section 4 are checked against them at cold start. Unset outside Lambda.
+    function_timeout_seconds: float | None = Field(alias="FUNCTION_TIMEOUT_SECONDS", default=None, gt=0, le=900)
+    confirm_timeout_seconds: float | None = Field(alias="CONFIRM_TIMEOUT_SECONDS", default=None, gt=0, le=900)
     # Partitions of each work queue in the due-index (docs/capacity.md); may only grow, see the runbook.
     due_index_shards: int = Field(alias="DUE_INDEX_SHARDS", default=16, ge=1, le=64)
 
@@ -58,6 +65,9 @@ class Settings(BaseModel):
             raise ValueError("set PAYMENT_API_KEY (local, tests) or PAYMENT_API_KEY_SECRET_ARN (AWS)")
         if self.capture_backoff_max_seconds < self.capture_backoff_base_seconds:
             raise ValueError("CAPTURE_BACKOFF_MAX_SECONDS must be at least CAPTURE_BACKOFF_BASE_SECONDS")
+        problems = timing_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @classmethod
@@ -70,6 +80,45 @@ class Settings(BaseModel):
                 f"{'.'.join(str(p) for p in err['loc']) or 'configuration'}: {err['msg']}" for err in exc.errors()
             )
             raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+# What stays reserved after a call's timeout, and what a worker keeps beyond one payment call to write an outcome.
+CALL_MARGIN_SECONDS = DEFAULT_MARGIN_SECONDS
+WRITE_MARGIN_SECONDS = 3.0
+# What an invocation has used before its first provider call (reading the event, the order, the record).
+STARTUP_SECONDS = 1.0
+
+
+def timing_problems(s: Settings) -> list[str]:
+    """Every timing relation section 4 depends on that these settings break, each naming both values.
+
+    A function that cannot fit one payment call and one warehouse call (plus margins) in its Timeout never takes
+    work: the dlq_processor would defer every message for ever, the workers would stop at once.
+    """
+    problems = []
+    timeout = s.function_timeout_seconds
+    if timeout is not None:
+        margin = CALL_MARGIN_SECONDS + STARTUP_SECONDS
+        need = s.payment_timeout_seconds + s.warehouse_timeout_seconds + margin
+        if need > timeout:
+            problems.append(
+                f"PAYMENT_TIMEOUT_SECONDS ({s.payment_timeout_seconds:g}) + WAREHOUSE_TIMEOUT_SECONDS "
+                f"({s.warehouse_timeout_seconds:g}) + {margin:g} s margin = {need:g} s must fit in "
+                f"FUNCTION_TIMEOUT_SECONDS ({timeout:g})"
+            )
+        need = s.payment_timeout_seconds + WRITE_MARGIN_SECONDS + margin
+        if need > timeout:
+            problems.append(
+                f"PAYMENT_TIMEOUT_SECONDS ({s.payment_timeout_seconds:g}) + "
+                f"{WRITE_MARGIN_SECONDS + margin:g} s to write the outcome = {need:g} s must fit in "
+                f"FUNCTION_TIMEOUT_SECONDS ({timeout:g})"
+            )
+    if s.confirm_timeout_seconds is not None and s.stale_saga_seconds <= s.confirm_timeout_seconds:
+        problems.append(
+            f"STALE_SAGA_SECONDS ({s.stale_saga_seconds}) must be above CONFIRM_TIMEOUT_SECONDS "
+            f"({s.confirm_timeout_seconds:g}), or recovery takes over a confirm that is still running"
+        )
+    return problems
 
 
 @cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Literal
@@ -17,6 +18,23 @@ from checkout.saga import iso
 
 STATUS_INDEX = "status-index"
 ORDER_INDEX = "order-index"
+# How long an actor that is publishing a record's alert holds it: longer than one SNS Publish with botocore's
+# retries (3 x 5 s read timeout), so two live actors never both publish; a crashed one's claim simply runs out.
+ALERT_CLAIM_SECONDS = 60
+# Tries of the write that marks an alert sent once SNS took it: each failure here costs a duplicate alert later.
+MARK_SENT_TRIES = 3
+
+
+class RecordIncomplete(Exception):
+    """The record, its queue message or its alert could not be made (our own AWS plumbing failed).
+
+    The order must stay COMPENSATING and due: the next actor that touches it completes the record.
+    `record_id` names the record when it was written.
+    """
+
+    def __init__(self, message: str, *, record_id: str | None = None) -> None:
+        super().__init__(message)
+        self.record_id = record_id
 
 
 class OperationType(StrEnum):
@@ -45,6 +63,10 @@ class FailedCompensation(BaseModel):
     retry_count: int = 0
     max_retries: int
     status: RecordStatus = RecordStatus.PENDING
+    # A resolved record is never reused: a later failure of the same step makes generation n + 1 (a new id).
+    generation: int = 1
+    # The three parts of a complete record: the item itself, its queue message, its one alert (section 4).
+    queued: bool = False
     alert_sent: bool = False
     exhausted_alert_sent: bool = False
     created_at: str
@@ -62,6 +84,12 @@ class FailedCompensation(BaseModel):
     # A processor's lease on the record while it retries: two deliveries never work one record at once.
     lease_owner: str | None = None
     lease_until: int | None = None
+    # An actor publishing an alert holds it until then (epoch seconds); see ALERT_CLAIM_SECONDS.
+    alert_claimed_until: int | None = None
+    exhausted_alert_claimed_until: int | None = None
+    # The token of the last conditional write, so a retried write whose first attempt went through recognises
+    # itself when its condition fails (ReturnValuesOnConditionCheckFailure=ALL_OLD) instead of reporting a loss.
+    last_write: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -71,7 +99,21 @@ class FailedCompensation(BaseModel):
         return frozenset(self.open_steps or [self.operation_type])
 
     def public_view(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"lease_owner", "lease_until"})
+        return self.model_dump(
+            mode="json",
+            exclude={
+                "lease_owner",
+                "lease_until",
+                "alert_claimed_until",
+                "exhausted_alert_claimed_until",
+                "last_write",
+            },
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Record, message and alert all exist: the order may now enter COMPENSATION_FAILED."""
+        return self.queued and self.alert_sent
 
     def index_key(self) -> dict[str, str]:
         """The record's position in the status-index: where a page that ends on it continues."""
@@ -86,9 +128,13 @@ def action_entry(action: Literal["retry", "resolve"], *, by: str, at: str, note:
     return entry
 
 
-def compensation_id(order_id: str, operation: OperationType) -> str:
-    """One record per order and failed step, so recording the same failure twice finds the first."""
-    return f"fc_{order_id}_{operation.value}"
+def compensation_id(order_id: str, operation: OperationType, generation: int = 1) -> str:
+    """One open record per order and failed step, so recording the same failure twice finds the first.
+
+    A resolved record is closed for good: the next failure of the step is generation 2, 3, ... with its own id.
+    """
+    base = f"fc_{order_id}_{operation.value}"
+    return base if generation <= 1 else f"{base}_g{generation}"
 
 
 class FailedCompensationLedger:
@@ -119,40 +165,75 @@ class FailedCompensationLedger:
         operation: OperationType,
         authorization_id: str | None,
         error: str,
-    ) -> FailedCompensation | None:
-        """Record, queue and alert a failed compensation step; never raises.
+        key_attempts: dict[str, int] | None = None,
+    ) -> FailedCompensation:
+        """Make sure a failed step has an open record, its queue message and its one alert; return the record.
 
-        Returns the record, or None when it could not be written (the alert then says dlq_recorded=false).
+        Re-running it completes whatever an earlier run left out (the same open record is found by its id).
+        Raises RecordIncomplete when any part could not be made, so the caller leaves the order due.
         """
-        now = iso(self._clock())
-        record = FailedCompensation(
-            id=compensation_id(order_id, operation),
-            order_id=order_id,
-            customer_id=customer_id,
-            operation_type=operation,
-            authorization_id=authorization_id,
-            error_message=error[:2000],
-            max_retries=self._max_retries,
-            created_at=now,
-            updated_at=now,
-        )
-        stored: FailedCompensation | None
         try:
-            stored, created = self._create_or_get(record)
+            record = self._open_record(order_id, customer_id, operation, authorization_id, error, key_attempts)
         except (ClientError, BotoCoreError) as exc:
             logger.exception("could not write the failed-compensation record", extra={"order_id": order_id})
-            self._alert(record, dlq_recorded=False, error=f"{error}; record not written: {exc}")
-            return None
-        if created:
-            metrics.add_metric(name="CompensationFailed", unit=MetricUnit.Count, value=1)
-        if stored.status is RecordStatus.RESOLVED:
-            return stored
-        self._enqueue(stored)
-        if not stored.alert_sent and self._mark(stored.id, "alert_sent"):
-            if self._alert(stored, dlq_recorded=True, error=error):
-                return stored.model_copy(update={"alert_sent": True})
-            self._unmark(stored.id, "alert_sent")
-        return stored
+            raise RecordIncomplete(f"record not written: {exc}") from exc
+        return self.complete(record)
+
+    def complete(self, record: FailedCompensation, *, message_exists: bool = False) -> FailedCompensation:
+        """Queue the message and send the alert an open record still lacks; raises RecordIncomplete if AWS refuses.
+
+        `message_exists`: the caller is processing the record's message, so only the flag is missing.
+        """
+        if not record.is_open:
+            return record
+        try:
+            if not record.queued:
+                if not message_exists:
+                    self.send_message(record.id)
+                record = self._set(record.id, "SET queued = :true", {":true": {"BOOL": True}}) or record
+            if not record.alert_sent:
+                record = self._alert_once(record, AlertKind.COMPENSATION_FAILED, record.error_message)
+        except (ClientError, BotoCoreError) as exc:
+            logger.exception("failed-compensation record left incomplete", extra={"compensation_id": record.id})
+            raise RecordIncomplete(f"record {record.id} incomplete: {exc}", record_id=record.id) from exc
+        return record
+
+    def _open_record(
+        self,
+        order_id: str,
+        customer_id: str | None,
+        operation: OperationType,
+        authorization_id: str | None,
+        error: str,
+        key_attempts: dict[str, int] | None,
+    ) -> FailedCompensation:
+        """The open record of this failure: found, or written as the next generation after resolved ones."""
+        token = uuid.uuid4().hex
+        generation = 1
+        while True:
+            now = iso(self._clock())
+            record = FailedCompensation(
+                id=compensation_id(order_id, operation, generation),
+                order_id=order_id,
+                customer_id=customer_id,
+                operation_type=operation,
+                authorization_id=authorization_id,
+                error_message=error[:2000] or "unknown error",
+                max_retries=self._max_retries,
+                generation=generation,
+                created_at=now,
+                updated_at=now,
+                key_attempts=key_attempts or {},
+                last_write=token,
+            )
+            existing = self._put_new(record)
+            if existing is None or existing.last_write == token:
+                # Written now, or by this very write's first attempt whose answer was lost.
+                metrics.add_metric(name="CompensationFailed", unit=MetricUnit.Count, value=1)
+                return existing or record
+            if existing.is_open:
+                return existing
+            generation = existing.generation + 1
 
     def get(self, record_id: str) -> FailedCompensation | None:
         item = self._dynamodb.get_item(TableName=self._table, Key={"id": {"S": record_id}}, ConsistentRead=True).get(
@@ -340,19 +421,46 @@ class FailedCompensationLedger:
         )
 
     def alert_exhausted(self, record: FailedCompensation) -> bool:
-        """The one `compensation_exhausted` alert of a record; False when already sent (or SNS refused)."""
-        if record.exhausted_alert_sent or not self._mark(record.id, "exhausted_alert_sent"):
+        """The one `compensation_exhausted` alert of a record; False when already sent or AWS refused."""
+        if record.exhausted_alert_sent:
             return False
         error = f"retries exhausted after {record.retry_count} of {record.max_retries}: {record.error_message}"
-        if self._alert(record, dlq_recorded=True, error=error, kind=AlertKind.COMPENSATION_EXHAUSTED):
-            return True
-        # Not sent: clear the flag so the next failed delivery of this record tries the alert again.
-        self._unmark(record.id, "exhausted_alert_sent")
-        return False
+        try:
+            self._alert_once(record, AlertKind.COMPENSATION_EXHAUSTED, error)
+        except (ClientError, BotoCoreError, RecordIncomplete):
+            logger.exception("exhausted alert not sent yet", extra={"compensation_id": record.id})
+            return False
+        return True
+
+    def release_claim(self, record_id: str, *, owner: str) -> None:
+        """Give back a processor's lease on a record it will not retry now (best effort: a lease runs out anyway)."""
+        try:
+            self._update(
+                record_id,
+                "SET updated_at = updated_at REMOVE lease_owner, lease_until",
+                "lease_owner = :owner",
+                {":owner": {"S": owner}},
+            )
+        except (ClientError, BotoCoreError):
+            logger.exception("could not release the record's lease", extra={"compensation_id": record_id})
 
     def _update(self, record_id: str, update: str, condition: str, values: dict[str, Any]) -> FailedCompensation | None:
-        names = {"#status": "status"} if "#status" in update or "#status" in condition else {}
-        if ":resolved" in condition or ":resolved" in update:
+        """One conditional write; None when the condition fails because of someone else's write.
+
+        Each write carries a fresh token (`last_write`) and asks for the old item when its condition fails: a
+        write botocore retried after its first attempt went through (the answer was lost) finds its own token
+        there and returns that item as its result, instead of reporting a conflict with itself.
+        """
+        token = uuid.uuid4().hex
+        if update.startswith("SET "):
+            update = f"SET last_write = :write, {update[4:]}"
+        else:
+            update = f"SET last_write = :write {update}"
+        condition = f"({condition}) AND (attribute_not_exists(last_write) OR last_write <> :write)"
+        values = {**values, ":write": {"S": token}}
+        text = update + condition
+        names = {"#status": "status"} if "#status" in text else {}
+        if ":resolved" in text:
             values = {**values, ":resolved": {"S": RecordStatus.RESOLVED.value}}
         try:
             answer = self._dynamodb.update_item(
@@ -363,28 +471,35 @@ class FailedCompensationLedger:
                 ExpressionAttributeValues=values,
                 **({"ExpressionAttributeNames": names} if names else {}),
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if is_condition_failure(exc):
-                return None
-            raise
+            if not is_condition_failure(exc):
+                raise
+            old: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+            if old and old.get("last_write") == {"S": token}:
+                return FailedCompensation.model_validate(from_item(old))
+            return None
         return FailedCompensation.model_validate(from_item(answer["Attributes"]))
 
-    def _create_or_get(self, record: FailedCompensation) -> tuple[FailedCompensation, bool]:
+    def _put_new(self, record: FailedCompensation) -> FailedCompensation | None:
+        """Write `record` if its id is free: None when written, else the record already there."""
         try:
             self._dynamodb.put_item(
                 TableName=self._table,
                 Item=to_item(record),
                 ConditionExpression="attribute_not_exists(id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return record, True
+            return None
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-        existing = self.get(record.id)
+            old: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+        existing = FailedCompensation.model_validate(from_item(old)) if old else self.get(record.id)
         if existing is None:  # pragma: no cover - written and gone: records are never deleted
             raise RuntimeError(f"failed-compensation record {record.id} vanished")
-        return existing, False
+        return existing
 
     def send_message(self, record_id: str, *, delay_seconds: int = 0) -> None:
         """Queue `{"compensation_id": id}` for the dlq_processor; raises when SQS refuses."""
@@ -394,61 +509,72 @@ class FailedCompensationLedger:
             DelaySeconds=delay_seconds,
         )
 
-    def _enqueue(self, record: FailedCompensation) -> None:
-        try:
-            self.send_message(record.id)
-        except (ClientError, BotoCoreError):
-            # The record is the truth; an operator's retry re-queues it, and the alert names it.
-            logger.exception("could not queue the failed compensation", extra={"compensation_id": record.id})
+    def _alert_once(self, record: FailedCompensation, kind: AlertKind, error: str) -> FailedCompensation:
+        """Publish one alert of `kind` for the record, at most once while nothing fails; raise if AWS refuses.
 
-    def _mark(self, record_id: str, flag: str) -> bool:
-        """Set a boolean flag only if it was unset: the at-most-once guard for each alert kind."""
-        try:
-            self._dynamodb.update_item(
-                TableName=self._table,
-                Key={"id": {"S": record_id}},
-                UpdateExpression="SET #flag = :true",
-                # A record written before the flag existed has no attribute, and `<>` on a missing one is false.
-                ConditionExpression="attribute_exists(id) AND (attribute_not_exists(#flag) OR #flag <> :true)",
-                ExpressionAttributeNames={"#flag": flag},
-                ExpressionAttributeValues={":true": {"BOOL": True}},
-            )
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            logger.exception("could not mark the alert as sent", extra={"compensation_id": record_id})
-            return False
-
-    def _unmark(self, record_id: str, flag: str) -> None:
-        try:
-            self._dynamodb.update_item(
-                TableName=self._table,
-                Key={"id": {"S": record_id}},
-                UpdateExpression="SET #flag = :false",
-                ExpressionAttributeNames={"#flag": flag},
-                ExpressionAttributeValues={":false": {"BOOL": False}},
-            )
-        except (ClientError, BotoCoreError):
-            logger.exception("could not reset the alert flag", extra={"compensation_id": record_id})
-
-    def _alert(
-        self, record: FailedCompensation, *, dlq_recorded: bool, error: str, kind: AlertKind | None = None
-    ) -> bool:
-        alert = Alert(
-            kind=kind or AlertKind.COMPENSATION_FAILED,
-            severity="critical",
-            order_id=record.order_id,
-            customer_id=record.customer_id,
-            compensation_id=record.id if dlq_recorded else None,
-            operation_type=record.operation_type.value,
-            error=error,
-            dlq_recorded=dlq_recorded,
-            at=iso(self._clock()),
+        Claim, publish, then mark sent. A claim is a lease (ALERT_CLAIM_SECONDS), so an actor that crashed after
+        claiming leaves the alert to the next one instead of losing it. The only window for a second alert is a
+        publish that went through whose "sent" mark was then lost (a crash, SNS's answer lost, DynamoDB refusing
+        MARK_SENT_TRIES times): it is re-sent identical (same compensation_id, kind and `at`), which pagers
+        collapse by key. Losing an alert is worse than a duplicate, so this errs towards the duplicate.
+        """
+        flag = "alert_sent" if kind is AlertKind.COMPENSATION_FAILED else "exhausted_alert_sent"
+        claim = "alert_claimed_until" if kind is AlertKind.COMPENSATION_FAILED else "exhausted_alert_claimed_until"
+        now = int(self._clock())
+        claimed = self._update(
+            record.id,
+            f"SET {claim} = :until",
+            f"attribute_exists(id) AND (attribute_not_exists({flag}) OR {flag} <> :true) "
+            f"AND (attribute_not_exists({claim}) OR {claim} < :now)",
+            {":until": {"N": str(now + ALERT_CLAIM_SECONDS)}, ":now": {"N": str(now)}, ":true": {"BOOL": True}},
         )
+        if claimed is None:
+            current = self.get(record.id) or record
+            if getattr(current, flag):
+                return current
+            raise RecordIncomplete(f"another actor is sending the alert of {record.id}", record_id=record.id)
         try:
-            self._alerts.send(alert)
-            return True
+            self._alert(claimed, error=error, kind=kind)
         except (ClientError, BotoCoreError):
-            logger.exception("could not send the alert", extra={"compensation_id": record.id})
-            return False
+            logger.exception("could not send the alert", extra={"compensation_id": record.id, "kind": kind.value})
+            # Give the claim back so the next actor publishes at once; if this write fails too, the claim runs out.
+            self._set(record.id, f"REMOVE {claim}", {}, quiet=True)
+            raise
+        for attempt in range(MARK_SENT_TRIES):
+            try:
+                marked = self._set(record.id, f"SET {flag} = :true REMOVE {claim}", {":true": {"BOOL": True}})
+                return marked or claimed.model_copy(update={flag: True})
+            except (ClientError, BotoCoreError):
+                logger.exception("alert sent but not yet marked", extra={"compensation_id": record.id})
+                if attempt == MARK_SENT_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _set(
+        self, record_id: str, update: str, values: dict[str, Any], *, quiet: bool = False
+    ) -> FailedCompensation | None:
+        """An update of an existing record that needs no other condition; `quiet` logs an AWS error instead."""
+        try:
+            return self._update(record_id, update, "attribute_exists(id)", values)
+        except (ClientError, BotoCoreError):
+            if not quiet:
+                raise
+            logger.exception("could not update the failed-compensation record", extra={"compensation_id": record_id})
+            return None
+
+    def _alert(self, record: FailedCompensation, *, error: str, kind: AlertKind) -> None:
+        """Publish one alert; raises when SNS refuses. Deterministic per record and kind (`at` is the record's
+        created_at), so a re-send after a lost answer is the same alert."""
+        self._alerts.send(
+            Alert(
+                kind=kind,
+                severity="critical",
+                order_id=record.order_id,
+                customer_id=record.customer_id,
+                compensation_id=record.id,
+                operation_type=record.operation_type.value,
+                error=error,
+                dlq_recorded=True,
+                at=record.created_at,
+            )
+        )

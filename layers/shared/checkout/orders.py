@@ -90,6 +90,8 @@ class Order(BaseModel):
     compensation_id: str | None = None
     # When authorize was last sent (epoch s); None: only once, when the order was created.
     authorize_sent_at: int | None = None
+    # Recovery runs that could not settle the order (RECOVERY_MAX_ATTEMPTS): a counter, not history entries.
+    recovery_attempts: int = 0
 
     def key_attempt(self, step: str) -> int:
         return self.key_attempts.get(step, 1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from checkout.charges import Charges, Outcome
 from checkout.compensation import CompensationSteps, Compensator
 from checkout.deadline import Deadline
+from checkout.failed_compensations import OperationType
 from checkout.observability import logger
 from checkout.orders import Order, OrderStore
 from checkout.saga import Saga, SagaState, WorkQueue
@@ -35,12 +36,14 @@ RECOVERED = "recovered"
 METRICS = {COMPENSATED: "OrdersCompensated", RECOVERED: "SagasRecovered", FAILED: "CompensationsFailedByWorker"}
 UNRECORDED_AUTHORIZE = frozenset({S.AUTHORIZING, S.AUTH_UNKNOWN})
 ROLL_FORWARD = frozenset({S.AUTHORIZED, S.CAPTURING})
+# Still COMPENSATING after a try: out of time, or its record not complete yet; due again.
+_OUTCOME = {S.COMPENSATED: COMPENSATED, S.COMPENSATION_FAILED: FAILED}
 
 
 @dataclass(frozen=True)
 class _Deferred:
     order: Order
-    steps: CompensationSteps
+    steps: CompensationSteps | None  # None: what the provider holds could not be learnt
     reason: str
 
 
@@ -57,6 +60,7 @@ class CompensationWorker:
         payment_timeout: float,
         circuit_failure_threshold: int,
         concurrency: int,
+        max_recovery_attempts: int = 12,
     ) -> None:
         self._store = store
         self._saga = saga
@@ -67,6 +71,7 @@ class CompensationWorker:
         self._payment_timeout = payment_timeout
         self._threshold = circuit_failure_threshold
         self._concurrency = concurrency
+        self._max_attempts = max_recovery_attempts
 
     def run(self, deadline: Deadline, *, owner: str) -> RunSummary:
         budget = RunBudget(deadline, payment_timeout=self._payment_timeout, circuit=RunCircuit(self._threshold))
@@ -110,7 +115,30 @@ class CompensationWorker:
         if outage:
             self._saga.release(item.order)
             return LEFT_DUE
+        if item.steps is None:
+            return self._unsettled(item.order, item.reason)
         return self._finish(item.order, item.steps, item.reason)
+
+    def _unsettled(self, order: Order, reason: str) -> str:
+        """One more run that could not learn what the provider holds: a counter, then a record, never a loop."""
+        attempts = order.recovery_attempts + 1
+        if attempts < self._max_attempts:
+            self._saga.reschedule(order, recovery_attempts=attempts)
+            logger.warning(
+                "could not learn what the provider holds; left for the next run",
+                extra={"order_id": order.order_id, "recovery_attempts": attempts},
+            )
+            return LEFT_DUE
+        # RECOVERY_MAX_ATTEMPTS: a person must look. Both steps stay open in the record (the dlq_processor
+        # retries them); the order goes COMPENSATION_FAILED once record, message and alert exist.
+        error = f"could not learn what the provider holds after {attempts} recovery runs (RECOVERY_MAX_ATTEMPTS)"
+        steps = CompensationSteps(
+            failed=[OperationType.VOID_AUTHORIZATION, OperationType.RELEASE_RESERVATION],
+            errors=[error],
+            key_attempts=dict(order.key_attempts),
+            authorization_id=order.authorization_id,
+        )
+        return self._finish(order, steps, reason)
 
     def _compensate(self, order: Order, budget: RunBudget) -> str | _Deferred:
         if order.saga_state is S.CAPTURE_FAILED:
@@ -130,16 +158,13 @@ class CompensationWorker:
             order, settled = self._find_hold(order, budget.deadline, trust_empty=trust_empty)
             if settled is None:
                 budget.circuit.record(provider_fault=True)
-                self._saga.release(order)
-                logger.warning(
-                    "could not learn what the provider holds; left for the next run", extra={"order_id": order.order_id}
-                )
-                return LEFT_DUE
+                return _Deferred(order, None, reason)
             target, nothing_held = settled
         steps = self._compensator.run_steps(
             target, budget.deadline, trust_empty_search=trust_empty, nothing_held=nothing_held
         )
-        budget.circuit.record(provider_fault=steps.provider_fault)
+        if not steps.out_of_time:
+            budget.circuit.record(provider_fault=steps.provider_fault)
         if not steps.ok and steps.provider_fault:
             return _Deferred(order, steps, reason)
         return self._finish(order, steps, reason)
@@ -177,4 +202,4 @@ class CompensationWorker:
 
     def _finish(self, order: Order, steps: CompensationSteps, reason: str) -> str:
         finished = self._compensator.finish(order, steps, reason=reason)
-        return COMPENSATED if finished.saga_state is S.COMPENSATED else FAILED
+        return _OUTCOME.get(finished.saga_state, LEFT_DUE)

@@ -34,8 +34,9 @@ from checkout.workers import PauseSwitch
 
 # AWS calls fail fast and retry with botocore's standard mode; no call may outlive its Lambda.
 AWS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-# A confirm's lease on an order it resumes: no longer than the confirm function's Timeout.
-CONFIRM_LEASE_SECONDS = 30
+# A confirm's lease on an order it resumes: no longer than the confirm function's Timeout (28 s); the
+# function's own FUNCTION_TIMEOUT_SECONDS when set.
+CONFIRM_LEASE_SECONDS = 28
 # The dlq_processor's lease on a record it retries: its function's Timeout (template.yaml), below the
 # queue's VisibilityTimeout, so a redelivery never finds a live lease of a crashed run.
 COMPENSATION_RETRY_LEASE_SECONDS = 30
@@ -172,7 +173,7 @@ class Runtime:
             clock=self.clock,
             capture_backoff_base_seconds=self.settings.capture_backoff_base_seconds,
             stale_saga_seconds=self.settings.stale_saga_seconds,
-            lease_seconds=CONFIRM_LEASE_SECONDS,
+            lease_seconds=self._lease_seconds(CONFIRM_LEASE_SECONDS),
         )
 
     @cached_property
@@ -195,8 +196,13 @@ class Runtime:
             clock=self.clock,
             call_budget_seconds=self.settings.payment_timeout_seconds + self.settings.warehouse_timeout_seconds,
             stale_saga_seconds=self.settings.stale_saga_seconds,
-            lease_seconds=COMPENSATION_RETRY_LEASE_SECONDS,
+            lease_seconds=self._lease_seconds(COMPENSATION_RETRY_LEASE_SECONDS),
         )
+
+    def _lease_seconds(self, default: int) -> int:
+        """A lease lasts no longer than its function's Timeout (section 4)."""
+        timeout = self.settings.function_timeout_seconds
+        return default if timeout is None else min(default, int(timeout))
 
     @cached_property
     def pause_switch(self) -> PauseSwitch:
@@ -231,6 +237,7 @@ class Runtime:
             payment_timeout=s.payment_timeout_seconds,
             circuit_failure_threshold=s.circuit_failure_threshold,
             concurrency=s.worker_concurrency,
+            max_recovery_attempts=s.recovery_max_attempts,
         )
 
     @cached_property

@@ -154,6 +154,7 @@ MUTABLE_FIELDS = frozenset(
         "refund_id",
         "compensation_id",
         "authorize_sent_at",
+        "recovery_attempts",
     }
 )
 
@@ -214,20 +215,26 @@ class Saga:
 
     def stamp(self, order: Order, **changes: Any) -> Order:
         """Record a fact about the order without moving it (no history entry, so repeats keep the item small):
-        one conditional write on state and version, which also gives back any lease."""
+        one conditional write on state and version, which also gives back any lease. It counts as touching the
+        order (`updated_at`)."""
+        return self._rewrite(order, changes, touch=True, verb="stamp")
+
+    def reschedule(self, order: Order, **changes: Any) -> Order:
+        """Write what a step learnt and give the lease back without moving the order: no history entry.
+
+        For a run that spent no attempt or must wait (section 4: an order item stays small whatever happens).
+        """
+        return self._rewrite(order, changes, touch=False, verb="reschedule")
+
+    def _rewrite(self, order: Order, changes: dict[str, Any], *, touch: bool, verb: str) -> Order:
         unknown = set(changes) - MUTABLE_FIELDS
         if unknown:
-            raise IllegalTransition(f"a stamp cannot set {sorted(unknown)}")
+            raise IllegalTransition(f"a {verb} cannot set {sorted(unknown)}")
         now = self._clock()
-        after = order.model_copy(
-            update={
-                **changes,
-                "version": order.version + 1,
-                "updated_at": iso(now),
-                "lease_owner": None,
-                "lease_until": None,
-            }
-        )
+        update = {**changes, "version": order.version + 1, "lease_owner": None, "lease_until": None}
+        if touch:
+            update["updated_at"] = iso(now)
+        after = order.model_copy(update=update)
         self._store.write_transition(order, after, self.work_for(after, int(now)))
         return after
 

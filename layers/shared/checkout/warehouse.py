@@ -27,9 +27,13 @@ class OutOfStock(WarehouseError):
 
 
 class WarehouseUnavailable(WarehouseError):
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    """No usable answer. `status` is the HTTP status when an answer came back (a 5xx the warehouse stores and
+    replays under the key); None after a timeout or a dropped connection (the request may still be running)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.status = status
 
 
 class WarehouseRejected(WarehouseError):
@@ -96,5 +100,5 @@ class WarehouseClient:
         if response.status_code == 409 and data.get("error") == "out_of_stock":
             raise OutOfStock(message, sku=data.get("sku"))
         if response.status_code in (408, 409, 429) or response.status_code >= 500:
-            raise WarehouseUnavailable(message)
+            raise WarehouseUnavailable(message, status=response.status_code)
         raise WarehouseRejected(message, status=response.status_code)

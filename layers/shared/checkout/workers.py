@@ -14,16 +14,15 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from checkout.config import WRITE_MARGIN_SECONDS
 from checkout.deadline import Deadline, LambdaContextLike
 from checkout.observability import MetricUnit, logger, metrics
-from checkout.orders import Order
-from checkout.saga import Claimable, ConcurrentUpdate, Saga
+from checkout.orders import Order, OrderStore
+from checkout.saga import Claimable, ConcurrentUpdate, Saga, WorkQueue
 
 # Provider calls in flight at once in one run: enough to drain a backlog at 10x a serial loop with a
 # 200 ms provider, few enough to stay far below Stripe's rate limit (100 requests/s in live mode).
 DEFAULT_CONCURRENCY = 16
-# Beyond one payment timeout, what a task needs to write its outcome (a claim and a transition).
-WRITE_MARGIN_SECONDS = 3.0
 # The value of the pause parameter that pauses nothing (SSM refuses empty values).
 NOTHING_PAUSED = "none"
 
@@ -104,6 +103,10 @@ def emit(summary: RunSummary, metric_names: dict[str, str]) -> None:
     """Log the summary and add one metric per counted outcome (in the handler's thread: Metrics is not thread-safe)."""
     for outcome, name in metric_names.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=summary.counts.get(outcome, 0))
+    if not summary.paused:
+        # Orders left for a later run after an AWS error (throttled, refused, an item too large): the alarm
+        # WorkerErrors pages when it persists, whatever the cause.
+        metrics.add_metric(name="WorkerErrors", unit=MetricUnit.Count, value=summary.counts.get("errors", 0))
     if summary.circuit is Circuit.OPEN:
         metrics.add_metric(name="WorkerCircuitOpened", unit=MetricUnit.Count, value=1)
     logger.info(f"{summary.worker} run finished", extra={"summary": summary.as_dict()})
@@ -227,6 +230,36 @@ class Worker(Protocol):
     def run(self, deadline: Deadline, *, owner: str) -> RunSummary: ...
 
 
+# A due_at beyond any order's (the year 2100): the due-index Query then starts at each partition's first entry.
+_ANY_TIME = 4_102_444_800
+
+
+def oldest_overdue_seconds(store: OrderStore, now: float) -> float:
+    """How long the most overdue order has waited past its due time, across every work queue (0: none overdue).
+
+    The first entry of each queue's due-index partitions (OrderStore.due merges the shards by due_at, reading
+    one item per partition). Every non-final order but COMPENSATION_FAILED (which the queue and its record
+    own) is on that index, and a claim moves due_at to the lease's end, so an order no actor moves - a worker
+    paused, failing, or never invoked - shows here however it got stuck.
+    """
+    overdue = 0.0
+    for queue in WorkQueue:
+        first = next(iter(store.due(queue, _ANY_TIME, page_size=1)), None)
+        if first is not None:
+            overdue = max(overdue, now - first.due_at)
+    return overdue
+
+
+def emit_backlog(store: OrderStore, now: float) -> None:
+    """The OldestOrderOverdueSeconds metric (alarm: OldestOrderOverdueAlarm); an AWS error only skips it."""
+    try:
+        seconds = oldest_overdue_seconds(store, now)
+    except (ClientError, BotoCoreError):
+        logger.exception("could not read the due-index for the backlog metric")
+        return
+    metrics.add_metric(name="OldestOrderOverdueSeconds", unit=MetricUnit.Seconds, value=seconds)
+
+
 def run_scheduled(
     name: str,
     worker: Callable[[], Worker],
@@ -235,8 +268,14 @@ def run_scheduled(
     metric_names: dict[str, str],
     context: LambdaContextLike,
     request_id: str,
+    backlog: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """A scheduled invocation of a worker: honour the pause switch, run, log and emit the summary, return it."""
+    """A scheduled invocation of a worker: honour the pause switch, run, log and emit the summary, return it.
+
+    `backlog` emits the oldest-overdue metric, paused or not: a paused worker is exactly when orders pile up.
+    """
+    if backlog is not None:
+        backlog()
     if switch.paused(name):
         logger.warning(f"{name} is paused by its switch; nothing done", extra={"worker": name})
         summary = RunSummary(name, paused=True)
