@@ -562,7 +562,11 @@ def _into_failed_compensation(s: Scenario, *, dlq_before: int) -> tuple[str, dic
     s.expect(answer.status == 202, "confirm answers 202 payment_pending", answer)
     order_id = answer.body["order_id"]
     _capture_until_failed(s, order_id)
-    s.drive(order_id, "compensation", {"COMPENSATION_FAILED"}, advance=0, rounds=3, why="the void fails")
+    s.run("compensation")
+    # The order goes COMPENSATION_FAILED only once its record, message and alert all exist. The dlq_processor may
+    # take the message at once and be the one publishing the alert; the order then stays COMPENSATING and due, and
+    # the next recovery run (after STALE_SAGA_SECONDS) finds the record complete and moves it.
+    s.drive(order_id, "compensation", {"COMPENSATION_FAILED"}, advance=s.stale + 1, rounds=3, why="the void fails")
     record = s.wait(lambda: s.record_of(order_id), "a failed-compensation record is written", timeout=10)
     s.note(f"failed compensation {record['id']}: {record['operation_type']}, {record['status']}")
     alerts = s.wait(
