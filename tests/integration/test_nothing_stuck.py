@@ -241,6 +241,42 @@ def test_a_crash_between_claiming_the_alert_and_publishing_it_does_not_lose_the_
     assert_complete_failed_compensation(stack, order_id, alerts_inbox)
 
 
+def test_an_alert_sent_again_after_its_sent_mark_was_lost_is_identical_though_a_retry_failed_meanwhile(
+    runtime: Runtime, stack, clock: Clock, alerts_inbox
+) -> None:
+    from checkout.failed_compensations import MARK_SENT_TRIES, OperationType, RecordIncomplete
+
+    # Given an alert that went out but whose "sent" mark DynamoDB refused every time
+    faults = AwsFaults(runtime.dynamodb)
+    faults.fail(
+        "UpdateItem", times=MARK_SENT_TRIES, when=lambda p: "alert_sent = :true" in p.get("UpdateExpression", "")
+    )
+    with pytest.raises(RecordIncomplete):
+        runtime.ledger.record_failure(
+            order_id="ord_1", customer_id="cus_1", operation=OperationType.VOID_AUTHORIZATION,
+            authorization_id="pi_1", error="cancel: 500 (first try)",
+        )  # fmt: skip
+    [item] = records(stack)
+    # And a retry that failed differently before anyone completed the record
+    record = runtime.ledger.get(item["id"])
+    assert record is not None
+    runtime.ledger.record_attempt_failure(
+        record, error="cancel: 502 (second try)", key_attempts={}, open_steps=[OperationType.VOID_AUTHORIZATION]
+    )
+
+    # When the next actor completes the record once the alert claim has run out
+    clock.advance(61)
+    completed = runtime.ledger.complete(runtime.ledger.get(item["id"]))  # type: ignore[arg-type]
+
+    # Then the alert is sent again, identical, so a pager collapses the two
+    assert completed.alert_sent
+    first, second = failed_alerts(alerts_inbox)
+    assert first == second
+    assert first["error"] == "cancel: 500 (first try)"
+    # And the record still tells the operator the latest error
+    assert records(stack)[0]["error_message"] == "cancel: 502 (second try)"
+
+
 # --- 4. an order stays small ---------------------------------------------------------------------
 
 

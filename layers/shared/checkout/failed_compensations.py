@@ -60,6 +60,10 @@ class FailedCompensation(BaseModel):
     operation_type: OperationType
     authorization_id: str | None = None
     error_message: str
+    # What the alerts say, fixed when each is first due: the record's first error, and the exhausted message
+    # written with the move to `failed`. error_message moves on with every retry; a re-sent alert must not.
+    alert_error: str | None = None
+    exhausted_error: str | None = None
     retry_count: int = 0
     max_retries: int
     status: RecordStatus = RecordStatus.PENDING
@@ -107,6 +111,8 @@ class FailedCompensation(BaseModel):
                 "alert_claimed_until",
                 "exhausted_alert_claimed_until",
                 "last_write",
+                "alert_error",
+                "exhausted_error",
             },
         )
 
@@ -118,6 +124,10 @@ class FailedCompensation(BaseModel):
     def index_key(self) -> dict[str, str]:
         """The record's position in the status-index: where a page that ends on it continues."""
         return {"id": self.id, "status": self.status.value, "created_at": self.created_at}
+
+
+def exhausted_message(retry_count: int, max_retries: int, error: str) -> str:
+    return f"retries exhausted after {retry_count} of {max_retries}: {error}"[:2000]
 
 
 def action_entry(action: Literal["retry", "resolve"], *, by: str, at: str, note: str | None = None) -> dict[str, str]:
@@ -192,7 +202,8 @@ class FailedCompensationLedger:
                     self.send_message(record.id)
                 record = self._set(record.id, "SET queued = :true", {":true": {"BOOL": True}}) or record
             if not record.alert_sent:
-                record = self._alert_once(record, AlertKind.COMPENSATION_FAILED, record.error_message)
+                error = record.alert_error or record.error_message
+                record = self._alert_once(record, AlertKind.COMPENSATION_FAILED, error)
         except (ClientError, BotoCoreError) as exc:
             logger.exception("failed-compensation record left incomplete", extra={"compensation_id": record.id})
             raise RecordIncomplete(f"record {record.id} incomplete: {exc}", record_id=record.id) from exc
@@ -219,6 +230,7 @@ class FailedCompensationLedger:
                 operation_type=operation,
                 authorization_id=authorization_id,
                 error_message=error[:2000] or "unknown error",
+                alert_error=error[:2000] or "unknown error",
                 max_retries=self._max_retries,
                 generation=generation,
                 created_at=now,
@@ -359,20 +371,29 @@ class FailedCompensationLedger:
         used_up = count >= record.max_retries or last_delivery or record.status is RecordStatus.FAILED
         status = RecordStatus.FAILED if used_up else RecordStatus.RETRYING
         now = iso(self._clock())
+        error = error[:2000] or "unknown error"
+        values = {
+            ":count": {"N": str(count)},
+            ":expected": {"N": str(record.retry_count)},
+            ":status": {"S": status.value},
+            ":error": {"S": error},
+            ":keys": serialize(key_attempts),
+            ":steps": serialize([step.value for step in open_steps]),
+            ":now": {"S": now},
+        }
+        sets = (
+            "retry_count = :count, #status = :status, error_message = :error, key_attempts = :keys, "
+            "open_steps = :steps, updated_at = :now, last_attempt_at = :now"
+        )
+        if used_up:
+            # The exhausted alert's text, written once: a re-send after a later redriven try says the same.
+            sets += ", exhausted_error = if_not_exists(exhausted_error, :exhausted)"
+            values[":exhausted"] = {"S": exhausted_message(count, record.max_retries, error)}
         return self._update(
             record.id,
-            "SET retry_count = :count, #status = :status, error_message = :error, key_attempts = :keys, "
-            "open_steps = :steps, updated_at = :now, last_attempt_at = :now REMOVE lease_owner, lease_until",
+            f"SET {sets} REMOVE lease_owner, lease_until",
             "attribute_exists(id) AND #status <> :resolved AND retry_count = :expected",
-            {
-                ":count": {"N": str(count)},
-                ":expected": {"N": str(record.retry_count)},
-                ":status": {"S": status.value},
-                ":error": {"S": error[:2000] or "unknown error"},
-                ":keys": serialize(key_attempts),
-                ":steps": serialize([step.value for step in open_steps]),
-                ":now": {"S": now},
-            },
+            values,
         )
 
     def resolve(
@@ -424,7 +445,9 @@ class FailedCompensationLedger:
         """The one `compensation_exhausted` alert of a record; False when already sent or AWS refused."""
         if record.exhausted_alert_sent:
             return False
-        error = f"retries exhausted after {record.retry_count} of {record.max_retries}: {record.error_message}"
+        error = record.exhausted_error or exhausted_message(
+            record.retry_count, record.max_retries, record.error_message
+        )
         try:
             self._alert_once(record, AlertKind.COMPENSATION_EXHAUSTED, error)
         except (ClientError, BotoCoreError, RecordIncomplete):
