@@ -139,10 +139,11 @@ fuzz: $(VENV)/.synced dynamodb-local
 	SCHEMATHESIS_MAX_TIME=$(FUZZ_SECONDS) $(RUN) pytest tests/e2e/test_api_fuzz.py -p no:cacheprovider
 
 # The chaos test of `make test`, run long: random examples, the shrunk counter-example printed on a failure
-# (hypothesis's "Falsifying example" steps and a @reproduce_failure blob to replay it).
+# (hypothesis's "Falsifying example" steps, the world it left, and a blob: CHAOS_REPRODUCE=<blob> replays it).
 CHAOS_EXAMPLES ?= 2000
+CHAOS_REPRODUCE ?=
 chaos: $(VENV)/.synced
-	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
+	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 CHAOS_REPRODUCE='$(CHAOS_REPRODUCE)' $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
 	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 
 bench: $(VENV)/.synced dynamodb-local
