@@ -355,7 +355,7 @@ TIMES = st.sampled_from([1, 3, None])
 # Capture and cancel twice as likely: they lead to compensation, the paths this test is about.
 PAYMENT_OPERATIONS = ["authorize", "capture", "capture", "cancel", "cancel", "retrieve", "search", "refund"]
 WAREHOUSE_FAULTS = st.sampled_from([{"status": 500}, {"status": 503}, {"lose_response": True}, {"delay": SLOW}])
-# Every write our code makes, the SQS send and the SNS publish.
+# Every write our code makes, the SQS send and the SNS publish (and the reads, below).
 # (a fault plan, below, is armed by an actor's step just before it acts: a step is a confirm or a run *under* faults)
 AWS_TARGETS = st.sampled_from(
     [
@@ -366,6 +366,10 @@ AWS_TARGETS = st.sampled_from(
         ("dynamodb", "UpdateItem", "ledger"),  # claims, alert flags, retries, resolutions
         ("sqs", "SendMessage", ""),
         ("sns", "Publish", ""),
+        # and the reads an actor decides on: a worker's due-index query, an order or a record read
+        ("dynamodb", "Query", "orders"),
+        ("dynamodb", "GetItem", "orders"),
+        ("dynamodb", "GetItem", "ledger"),
     ]
 )
 AWS_FAULT_KINDS = st.sampled_from(["throttle", "internal", "lose", "retry", "crash_before", "crash_after"])
