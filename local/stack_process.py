@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,16 @@ class StackProcess:
         if wait_ready:
             stack._wait_ready(timeout)
         return stack
+
+    @classmethod
+    @contextmanager
+    def running(cls, log_path: Path, *args: str) -> Iterator[StackProcess]:
+        """The stack started with `args` for the block, then stopped with Ctrl-C (a test session's fixture)."""
+        stack = cls.start(log_path, *args)
+        try:
+            yield stack
+        finally:
+            stack.interrupt()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

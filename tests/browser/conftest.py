@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,20 +87,15 @@ class FailedRecords:
 def console_stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: DynamoDBLocal) -> Iterator[StackProcess]:
     # The session's DynamoDB Local, with tables of its own (stack name), as the e2e stack does.
     shared = ("--dynamodb-endpoint", dynamodb_local.url, "--stack-name", "console")
-    stack = StackProcess.start(tmp_path_factory.mktemp("console-stack") / "stack.log", *FREE_PORTS, *shared, *FAST)
-    try:
+    log = tmp_path_factory.mktemp("console-stack") / "stack.log"
+    with StackProcess.running(log, *FREE_PORTS, *shared, *FAST) as stack:
         yield stack
-    finally:
-        stack.interrupt()
 
 
 @pytest.fixture(scope="session")
 def stack_api(console_stack: StackProcess) -> Iterator[LocalApi]:
-    api = LocalApi(console_stack.url)
-    try:
+    with closing(LocalApi(console_stack.url)) as api:
         yield api
-    finally:
-        api.close()
 
 
 @pytest.fixture(scope="session")

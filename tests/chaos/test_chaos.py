@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+import hypothesis
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
-import hypothesis
 from hypothesis import HealthCheck, reproduce_failure, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule, run_state_machine_as_test
@@ -126,7 +126,8 @@ class World:
         for order in self.orders():
             lines.append(
                 f"{order['order_id']} {order['saga_state']} auth={order.get('authorization_id')} "
-                f"res={order.get('reservation_id')} keys={order.get('key_attempts')} comp={order.get('compensation_id')}"
+                f"res={order.get('reservation_id')} keys={order.get('key_attempts')} "
+                f"comp={order.get('compensation_id')}"
             )
             lines += [f"    {h.get('from', '')} -> {h['to']}: {h.get('reason', '')[:300]}" for h in order["history"]]
         lines.append("--- failed compensations")
@@ -398,7 +399,9 @@ class CheckoutChaos(RuleBasedStateMachine):
         n=st.integers(0, 3),
         # 3-D Secure: the confirm answers 202 requires_action; the customer completes or fails the challenge,
         # comes back, or walks away (recovery cancels the intent once the session has expired).
-        card=st.sampled_from(["pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined", "pm_card_threeDSecure2Required"]),
+        card=st.sampled_from(
+            ["pm_card_visa", "pm_card_visa", "pm_card_chargeDeclined", "pm_card_threeDSecure2Required"]
+        ),
         how=st.sampled_from(["once", "once", "twice_at_once", "client_retry"]),
         plan=FAULT_PLAN,
     )
@@ -605,7 +608,8 @@ class CheckoutChaos(RuleBasedStateMachine):
         for record in waiting:
             order = by_order.get(record["order_id"], {})
             assert order.get("saga_state") == "COMPENSATION_FAILED", f"{record['id']} open, order {order}"
-            assert record["queued"] and record["alert_sent"], f"{record['id']} waits for a person unalerted"
+            assert record["queued"], f"{record['id']} waits for a person without its message"
+            assert record["alert_sent"], f"{record['id']} waits for a person unalerted"
             assert self._only_a_person_can_fix(record), f"{record['id']} open after healing: {record}"
         # The runbook: fix it at the provider, then resolve the record; the saga then settles the rest.
         for record in waiting:

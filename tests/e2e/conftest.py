@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 
@@ -29,17 +30,11 @@ FAST = (
 def local_stack(tmp_path_factory: pytest.TempPathFactory, dynamodb_local: DynamoDBLocal) -> Iterator[StackProcess]:
     # The session's DynamoDB Local (one JVM per session); the stack makes its own tables there and drops them.
     shared = ("--dynamodb-endpoint", dynamodb_local.url, "--stack-name", "e2e")
-    stack = StackProcess.start(tmp_path_factory.mktemp("stack") / "stack.log", *FREE_PORTS, *shared, *FAST)
-    try:
+    with StackProcess.running(tmp_path_factory.mktemp("stack") / "stack.log", *FREE_PORTS, *shared, *FAST) as stack:
         yield stack
-    finally:
-        stack.interrupt()
 
 
 @pytest.fixture(scope="session")
 def local_api(local_stack: StackProcess) -> Iterator[LocalApi]:
-    api = LocalApi(local_stack.url)
-    try:
+    with closing(LocalApi(local_stack.url)) as api:
         yield api
-    finally:
-        api.close()
