@@ -142,7 +142,7 @@ fuzz: $(VENV)/.synced dynamodb-local
 # (hypothesis's "Falsifying example" steps, the world it left, and a blob: CHAOS_REPRODUCE=<blob> replays it).
 CHAOS_EXAMPLES ?= 2000
 CHAOS_REPRODUCE ?=
-chaos: $(VENV)/.synced
+chaos: $(VENV)/.synced dynamodb-local
 	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) CHAOS_RANDOM=1 CHAOS_REPRODUCE='$(CHAOS_REPRODUCE)' $(RUN) pytest tests/chaos -x -q -p no:cacheprovider \
 	  --hypothesis-show-statistics -o log_cli=false --show-capture=no
 

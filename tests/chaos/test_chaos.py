@@ -3,7 +3,8 @@ crashes, worker runs, SQS deliveries, operator actions and clock moves in any or
 ARCHITECTURE.md section 4 after every step, and convergence once everything is healed.
 
 `make test` runs a bounded, derandomized version (CHAOS_EXAMPLES, default 20; CHAOS_STEPS 20); `make chaos` runs
-2,000 examples and prints the shrunk counter-example of a failure. In-process moto, serialized as in tests/conftest.py.
+2,000 examples and prints the shrunk counter-example of a failure. Tables on DynamoDB Local, queues and topics on
+in-process moto.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from moto import mock_aws
 from checkout.config import Settings
 from checkout.operator_actions import CompensationResolved, QueueUnavailable
 from checkout.runtime import AWS_CONFIG, Runtime, use_runtime
+from local.dynamodb_local import DynamoDBLocal
 from local.fake_payment import FakeStripe
 from local.fake_warehouse import FakeWarehouse
 from local.template_stack import TemplateStack
 from tests.apigw import http_event
 from tests.aws_faults import AwsFaults, Crash
-from tests.conftest import Clock, LambdaContext, SerializedClient
+from tests.conftest import Clock, LambdaContext
 from tests.invariants import assert_money_invariants, scan
 from tests.sqs import sqs_event
 
@@ -175,55 +177,73 @@ def world() -> World:
 
 
 @pytest.fixture
-def chaos_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    global WORLD
+def chaos_world(monkeypatch: pytest.MonkeyPatch, dynamodb_local: DynamoDBLocal) -> Iterator[World]:
+    """The template's tables on DynamoDB Local (AWS's emulator: conditions, transactions, indexes and item limits
+    as DynamoDB applies them, and safe under concurrent confirms), queues and topics on in-process moto."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_local.url)
     # Stripe's clock is ours: its search index lags in the same seconds the rules move (a fake on wall-clock time
     # would still lag when the saga's clock is hours on and trusts an empty search).
     clock = FrozenClock()
-    with mock_aws(), FakeStripe(clock=clock) as stripe, FakeWarehouse() as warehouse:
-        stack = TemplateStack().deploy()
-        sqs = boto3.client("sqs", config=AWS_CONFIG)
-        inbox = sqs.create_queue(QueueName="chaos-alerts-inbox")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        boto3.client("sns").subscribe(TopicArn=stack.physical["AlertsTopic"]["Ref"], Protocol="sqs", Endpoint=arn)
-        env = stack.environment("ConfirmCheckoutFunction")
-        env.update(
-            PAYMENT_API_BASE_URL=stripe.url,
-            PAYMENT_API_KEY="sk_test_local",
-            WAREHOUSE_API_BASE_URL=warehouse.url,
-            PAYMENT_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
-            WAREHOUSE_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
-            CAPTURE_MAX_RETRIES="1",
-            RECOVERY_MAX_ATTEMPTS="3",
-            WORKER_CONCURRENCY="1",
-            # Two shards still put orders in several due-index partitions (and the unsharded one of earlier
-            # releases); sixteen would only make every worker run read eighteen partitions of a handful of orders.
-            DUE_INDEX_SHARDS="2",
-        )
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        dynamodb = SerializedClient(boto3.client("dynamodb", config=AWS_CONFIG))
-        sns = boto3.client("sns", config=AWS_CONFIG)
-        runtime = Runtime(Settings.from_environ(env), clock=clock, dynamodb=dynamodb, sqs=sqs, sns=sns)
-        use_runtime(runtime)
-        WORLD = World(
-            stack=stack,
-            stripe=stripe,
-            warehouse=warehouse,
-            clock=clock,
-            runtime=runtime,
-            dynamodb=AwsFaults(dynamodb),
-            sqs=AwsFaults(sqs),
-            sns=AwsFaults(sns),
-            inbox_url=inbox,
-            reader=boto3.client("dynamodb"),
-        )
-        try:
-            yield WORLD
-        finally:
-            WORLD.heal()
-            WORLD.wait_for_providers()
-            WORLD = None
+    tables = TemplateStack(stack_name="chaos", dynamodb_endpoint_url=dynamodb_local.url).deploy_tables()
+    try:
+        with mock_aws(), FakeStripe(clock=clock) as stripe, FakeWarehouse() as warehouse:
+            stack = TemplateStack(dynamodb_endpoint_url=dynamodb_local.url).deploy_services()
+            stack.physical.update(tables.physical)
+            yield from _world(stack, stripe, warehouse, clock, monkeypatch)
+    finally:
+        tables.delete_tables()
+
+
+def _world(
+    stack: TemplateStack,
+    stripe: FakeStripe,
+    warehouse: FakeWarehouse,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[World]:
+    global WORLD
+    sqs = boto3.client("sqs", config=AWS_CONFIG)
+    inbox = sqs.create_queue(QueueName="chaos-alerts-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    boto3.client("sns").subscribe(TopicArn=stack.physical["AlertsTopic"]["Ref"], Protocol="sqs", Endpoint=arn)
+    env = stack.environment("ConfirmCheckoutFunction")
+    env.update(
+        PAYMENT_API_BASE_URL=stripe.url,
+        PAYMENT_API_KEY="sk_test_local",
+        WAREHOUSE_API_BASE_URL=warehouse.url,
+        PAYMENT_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
+        WAREHOUSE_TIMEOUT_SECONDS=str(PAYMENT_TIMEOUT),
+        CAPTURE_MAX_RETRIES="1",
+        RECOVERY_MAX_ATTEMPTS="3",
+        WORKER_CONCURRENCY="1",
+        # Two shards still put orders in several due-index partitions (and the unsharded one of earlier
+        # releases); sixteen would only make every worker run read eighteen partitions of a handful of orders.
+        DUE_INDEX_SHARDS="2",
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    dynamodb = boto3.client("dynamodb", config=AWS_CONFIG)
+    sns = boto3.client("sns", config=AWS_CONFIG)
+    runtime = Runtime(Settings.from_environ(env), clock=clock, dynamodb=dynamodb, sqs=sqs, sns=sns)
+    use_runtime(runtime)
+    WORLD = World(
+        stack=stack,
+        stripe=stripe,
+        warehouse=warehouse,
+        clock=clock,
+        runtime=runtime,
+        dynamodb=AwsFaults(dynamodb),
+        sqs=AwsFaults(sqs),
+        sns=AwsFaults(sns),
+        inbox_url=inbox,
+        reader=boto3.client("dynamodb"),
+    )
+    try:
+        yield WORLD
+    finally:
+        WORLD.heal()
+        WORLD.wait_for_providers()
+        WORLD = None
 
 
 # --- what the actors do --------------------------------------------------------------------------
