@@ -193,6 +193,52 @@ def test_a_resolved_record_is_not_reused_for_a_new_failure_of_the_same_step(runt
     assert sorted(a["compensation_id"] for a in failed_alerts(alerts_inbox)) == sorted([first.id, second.id])
 
 
+@pytest.mark.parametrize("fault", ["crash_after_the_move", "ledger_query_refused"])
+def test_an_incomplete_record_is_closed_before_its_order_is_compensated_never_left_open_behind_it(
+    make_runtime, api: Api, stack, stripe, warehouse, clock: Clock, alerts_inbox, fault: str
+) -> None:
+    # Given an order whose first compensation left an incomplete record: the void failed, SQS refused the message
+    order_id = exhausted_order(api, make_runtime, stripe, clock)
+    stripe.inject("cancel", status=500, times=1)
+    runtime = make_runtime(settings={"CAPTURE_MAX_RETRIES": 1})
+    AwsFaults(runtime.sqs).fail("SendMessage", times=2)
+    run_worker("compensation")
+    [record] = records(stack)
+    assert not record["queued"]
+    assert stored(stack, order_id)["saga_state"] == "COMPENSATING"
+
+    # When recovery compensates it with healthy providers, and the run dies right after the order's move to
+    # COMPENSATED (or the ledger cannot be read to close the record)
+    faults = AwsFaults(runtime.dynamodb)
+    orders_table = stack.physical["OrdersTable"]["Ref"]
+    if fault == "crash_after_the_move":
+        faults.crash(
+            "UpdateItem",
+            after=True,
+            when=lambda p: (
+                p.get("TableName") == orders_table and "COMPENSATED" in str(p.get("ExpressionAttributeValues"))
+            ),
+        )
+    else:
+        faults.fail("Query", when=lambda p: p.get("IndexName") == "order-index")
+    clock.advance(STALE + 1)
+    try:
+        run_worker("compensation")
+    except Crash:
+        pass
+    clock.advance(STALE + 1)
+    run_worker("compensation")
+
+    # Then the order is COMPENSATED and its record resolved: no record stays open with nobody to move it
+    assert stored(stack, order_id)["saga_state"] == "COMPENSATED"
+    [record] = records(stack)
+    assert record["status"] == "resolved"
+    # (resolved before it was complete, so nobody is paged for it: docs/decisions.md)
+    assert failed_alerts(alerts_inbox) == []
+    assert stripe.count("canceled", order_id) == 1
+    assert_money_invariants(stack, stripe, warehouse, converged=True)
+
+
 # --- 2. no lost alert ------------------------------------------------------------------------------
 
 

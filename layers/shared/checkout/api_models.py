@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from checkout.currencies import ISO_4217, charge_problem
-from checkout.failed_compensations import FailedCompensation
+from checkout.failed_compensations import INTERNAL_FIELDS, FailedCompensation
 from checkout.orders import Order
 from checkout.saga import OrderStatus, SagaState
 
@@ -335,7 +335,7 @@ def _public(model: type[BaseModel], name: str, *, hide: set[str], **more: Any) -
 
 
 _LEASE = {"lease_owner", "lease_until"}
-CompensationRecordOut = _public(FailedCompensation, "CompensationRecord", hide=_LEASE)
+CompensationRecordOut = _public(FailedCompensation, "CompensationRecord", hide=set(INTERNAL_FIELDS))
 
 
 class CompensationPage(BaseModel):

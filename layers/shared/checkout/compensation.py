@@ -157,8 +157,13 @@ class Compensator:
         """Write what the steps achieved, through COMPENSATING: COMPENSATED; or, once its record, message and alert
         all exist, COMPENSATION_FAILED; else the order stays COMPENSATING and due (section 4)."""
         path = [] if order.saga_state is SagaState.COMPENSATING else [SagaState.COMPENSATING]
+        # The order's earlier records are closed before the order moves on, never after: an order that is final
+        # (or COMPENSATION_FAILED on its newest record) is touched by no actor again, so a record left open
+        # behind it, without a message if its first try could not queue one, would stay open for ever.
         if steps.ok:
-            done = self._saga.move(
+            if not self._close_open_records(order, steps, keep=None, why="compensated before it was complete"):
+                return self.leave_due(order, steps, reason=f"{reason}: compensated; earlier records not closed yet")
+            return self._saga.move(
                 order,
                 *path,
                 SagaState.COMPENSATED,
@@ -167,8 +172,6 @@ class Compensator:
                 refund_id=steps.refund_id,
                 authorization_id=steps.authorization_id,
             )
-            self._close_open_records(done, keep=None, why="compensated before the record was complete")
-            return done
         if steps.out_of_time:
             return self.leave_due(order, steps, reason=f"{reason}: out of time, left due")
         try:
@@ -178,7 +181,13 @@ class Compensator:
                 order, steps, reason=f"{reason}; {steps.error}; record incomplete", compensation_id=exc.record_id
             )
         # Every step was tried again just now: what still fails is in this record, earlier ones are superseded.
-        self._close_open_records(order, keep=record.id, why=f"superseded by {record.id}")
+        if not self._close_open_records(order, steps, keep=record.id, why=f"superseded by {record.id}"):
+            return self.leave_due(
+                order,
+                steps,
+                reason=f"{reason}; {steps.error}; earlier records not closed yet",
+                compensation_id=record.id,
+            )
         return self._saga.move(
             order,
             *path,
@@ -209,16 +218,18 @@ class Compensator:
             return self._saga.reschedule(order, **changes)
         return self._saga.move(order, SagaState.COMPENSATING, reason=reason[:500], **changes)
 
-    def _close_open_records(self, order: Order, *, keep: str | None, why: str) -> None:
+    def _close_open_records(self, order: Order, steps: CompensationSteps, *, keep: str | None, why: str) -> bool:
         """Resolve the order's other open records: begun by an earlier try whose write or message or alert failed.
 
-        One Query on the order-index per compensated order (compensation is itself the rare path). An AWS error
-        leaves them open: their message, if any, finds them resolved or retries them.
+        One Query on the order-index per compensated order (compensation is itself the rare path). False when
+        AWS refused: the caller then leaves the order due, and its next run closes them.
         """
         try:
             for record in self._ledger.for_order(order.order_id):
                 if record.is_open and record.id != keep:
-                    self._ledger.resolve(record.id, by="compensation", key_attempts=order.key_attempts)
+                    self._ledger.resolve(record.id, by="compensation", key_attempts=steps.key_attempts)
                     logger.info("open record closed", extra={"compensation_id": record.id, "why": why})
         except (ClientError, BotoCoreError):
             logger.exception("could not close the order's earlier records", extra={"order_id": order.order_id})
+            return False
+        return True

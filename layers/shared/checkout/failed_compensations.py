@@ -51,6 +51,21 @@ class RecordStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+# The ledger's own bookkeeping (leases, alert claims and texts, write tokens): never shown by the admin API,
+# and left out of its OpenAPI schema by the same list (api_models.CompensationRecordOut).
+INTERNAL_FIELDS = frozenset(
+    {
+        "lease_owner",
+        "lease_until",
+        "alert_claimed_until",
+        "exhausted_alert_claimed_until",
+        "last_write",
+        "alert_error",
+        "exhausted_error",
+    }
+)
+
+
 class FailedCompensation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -103,18 +118,7 @@ class FailedCompensation(BaseModel):
         return frozenset(self.open_steps or [self.operation_type])
 
     def public_view(self) -> dict[str, Any]:
-        return self.model_dump(
-            mode="json",
-            exclude={
-                "lease_owner",
-                "lease_until",
-                "alert_claimed_until",
-                "exhausted_alert_claimed_until",
-                "last_write",
-                "alert_error",
-                "exhausted_error",
-            },
-        )
+        return self.model_dump(mode="json", exclude=set(INTERNAL_FIELDS))
 
     @property
     def complete(self) -> bool:
