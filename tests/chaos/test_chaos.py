@@ -568,6 +568,12 @@ class CheckoutChaos(RuleBasedStateMachine):
     # invariants ---------------------------------------------------------------------------------
     @invariant()
     def money_is_safe(self) -> None:
+        try:
+            self._money_is_safe()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.w.describe()}") from None
+
+    def _money_is_safe(self) -> None:
         w = self.w
         alerts, order_items, record_items = w.read_alerts(), w.orders(), w.records()
         assert_money_invariants(
