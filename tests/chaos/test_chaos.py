@@ -158,6 +158,9 @@ class World:
 
 
 WORLD: World | None = None
+# What the examples of one run went through, printed at its end (hypothesis's own statistics do not reach a
+# state machine run inside a test): examples converged, orders, records, records only a person could fix.
+TALLY: Counter[str] = Counter()
 
 
 class FrozenClock(Clock):
@@ -653,6 +656,8 @@ class CheckoutChaos(RuleBasedStateMachine):
         # A record resolved before it was complete (its order never entered COMPENSATION_FAILED) is not alerted
         # afterwards: the money is safe, nobody has to act (docs/decisions.md); every other has its one alert.
         self._alerts_are_one_per_record(w.read_alerts(), record_items, complete_only=True)
+        TALLY.update(examples=1, orders=len(order_items), records=len(record_items), by_hand=len(waiting))
+        TALLY["three_d_secure"] += sum(o["payment_method"] == "pm_card_threeDSecure2Required" for o in order_items)
         if os.environ.get("CHAOS_PROGRESS"):
             print(
                 f"chaos example passed: {len(order_items)} orders, {len(record_items)} records, "
@@ -689,9 +694,20 @@ class CheckoutChaos(RuleBasedStateMachine):
         return stored_error and "refund" in record.get("error_message", "")
 
 
-def test_money_stays_safe_and_everything_converges_whatever_fails(chaos_world: World) -> None:
+def test_money_stays_safe_and_everything_converges_whatever_fails(
+    chaos_world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
     machine: type[CheckoutChaos] = CheckoutChaos
     if blob := os.environ.get("CHAOS_REPRODUCE"):
         # `make chaos CHAOS_REPRODUCE=<blob>`: replay the counter-example hypothesis printed with a failure.
         machine = reproduce_failure(hypothesis.__version__, blob)(type("ReproducedChaos", (CheckoutChaos,), {}))
-    run_state_machine_as_test(machine, settings=SETTINGS)
+    TALLY.clear()
+    try:
+        run_state_machine_as_test(machine, settings=SETTINGS)
+    finally:
+        with capsys.disabled():
+            print(
+                f"\nchaos: {TALLY['examples']} examples converged, {TALLY['orders']} orders "
+                f"({TALLY['three_d_secure']} with 3-D Secure), {TALLY['records']} failed-compensation records, "
+                f"{TALLY['by_hand']} of them a refund only a person could fix"
+            )
