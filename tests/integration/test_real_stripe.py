@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
+from checkout.runtime import Runtime
 from local.fake_payment import FakeStripe
 from tests.conftest import Clock
 from tests.integration.test_confirm import Api, confirm, open_session, order_of, path_of
@@ -249,6 +251,44 @@ def test_a_capture_lost_on_every_retry_is_refunded_once_at_compensation(
     assert records(stack) == []
     assert alerts_inbox() == []
     assert_money_invariants(stack, stripe, warehouse, converged=True, alerts=[])
+
+
+def test_a_refund_whose_one_key_holds_a_stored_error_waits_for_a_person_alerted_then_settles_once(
+    api: Api, runtime: Runtime, stack, stripe: FakeStripe, warehouse, clock: Clock, alerts_inbox, dlq_processor
+):
+    # Given a capture that went through unseen until compensation, whose refund Stripe answers 500 (stored under
+    # the key and replayed for ever: docs.stripe.com/api/idempotent_requests)
+    order_id = capture_lost_until_compensation(api, stripe, clock)
+    stripe.inject("refund", status=500, times=1)
+
+    # When compensation and then every automatic retry of the record run
+    run_worker("compensation")
+    for _ in range(3):
+        dlq_processor.deliver()
+        dlq_processor.visibility_expires()
+
+    # Then the refund never got a second key (section 4): a person is needed, and was told once
+    order = stored(stack, order_id)
+    assert order["saga_state"] == "COMPENSATION_FAILED"
+    [record] = records(stack)
+    assert record["operation_type"] == "refund"
+    assert record["status"] != "resolved"
+    assert {r["idempotency_key"] for r in stripe.requests if r["operation"] == "refund"} == {f"{order_id}:refund"}
+    assert [a["compensation_id"] for a in alerts_inbox() if a["kind"] == "compensation_failed"] == [record["id"]]
+    assert stripe.count("refunded", order_id) == 0
+
+    # When the operator refunds it in Stripe's dashboard and resolves the record, as the runbook says
+    [intent] = stripe.intent_for_order(order_id)
+    httpx.post(
+        f"{stripe.url}/v1/refunds", data={"payment_intent": intent["id"]}, headers={"Authorization": "Bearer sk_test"}
+    ).raise_for_status()
+    runtime.operator_actions.resolve(record["id"], by="arn:aws:iam::123456789012:user/operator", note="refunded")
+
+    # Then the order is COMPENSATED and the customer was refunded exactly once
+    assert stored(stack, order_id)["saga_state"] == "COMPENSATED"
+    assert records(stack)[0]["status"] == "resolved"
+    assert stripe.count("refunded", order_id) == 1
+    assert_money_invariants(stack, stripe, warehouse, converged=True)
 
 
 # 5. A second capture key while the first may still run ----------------------------------------------------------
