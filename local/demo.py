@@ -565,7 +565,11 @@ def _into_failed_compensation(s: Scenario, *, dlq_before: int) -> tuple[str, dic
     s.run("compensation")
     # The order goes COMPENSATION_FAILED only once its record, message and alert all exist. The dlq_processor may
     # take the message at once and be the one publishing the alert; the order then stays COMPENSATING and due, and
-    # the next recovery run (after STALE_SAGA_SECONDS) finds the record complete and moves it.
+    # the next recovery run (after STALE_SAGA_SECONDS) finds the record complete and moves it. The clock moves
+    # only once that alert is marked sent: here minutes pass in an instant, and a jump past the alert's claim
+    # (ALERT_CLAIM_SECONDS) while the processor is still publishing would let the next run publish it again,
+    # which in real time takes a processor stalled for a minute between its publish and its mark.
+    s.wait(lambda: (r := s.record_of(order_id)) is not None and r["alert_sent"], "the alert is sent", timeout=10)
     s.drive(order_id, "compensation", {"COMPENSATION_FAILED"}, advance=s.stale + 1, rounds=3, why="the void fails")
     record = s.wait(lambda: s.record_of(order_id), "a failed-compensation record is written", timeout=10)
     s.note(f"failed compensation {record['id']}: {record['operation_type']}, {record['status']}")

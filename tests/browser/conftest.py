@@ -192,6 +192,8 @@ def failed_records(stack_api: LocalApi) -> FailedRecords:
         if all_in({"COMPENSATION_FAILED"}):
             break
         if attempt:
+            # Minutes pass only once the records' alerts are marked sent (see local/demo.py's failed compensation).
+            wait_for(lambda: all(r["alert_sent"] for o in orders for r in api.records_of(o)), "alerts sent", timeout=10)
             api.advance_clock(stale)
         api.run("compensation")
     assert all_in({"COMPENSATION_FAILED"}), [_order_state(api, o) for o in orders]

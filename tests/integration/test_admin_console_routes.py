@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from checkout.runtime import Runtime
+from tests.aws_faults import AwsFaults
 from tests.conftest import ApiResponse, Clock
 from tests.integration.conftest import FailedOrder, message_for, void_by_hand
 from tests.sqs import EventSourceMapping, queue_depth
@@ -155,6 +156,27 @@ def test_redrive_moves_every_parked_message_back_and_records_who(
     assert queue_depth(stack.physical["FailedCompensationsQueue"]["Ref"]) == 1
 
 
+@pytest.mark.parametrize("code", ["AWS.SimpleQueueService.RequestThrottled", "InternalError"])
+def test_dlq_page_and_redrive_say_sqs_is_unavailable_and_move_nothing_when_sqs_refuses(
+    admin: Admin, make_runtime: Callable[..., Runtime], env: dict[str, str], stack, code: str
+) -> None:
+    # Given a parked message, and SQS refusing the admin function's calls
+    env["FAILED_COMPENSATIONS_DLQ_URL"] = stack.environment("AdminFunction")["FAILED_COMPENSATIONS_DLQ_URL"]
+    sqs = boto3.client("sqs")
+    make_runtime(sqs=sqs)
+    boto3.client("sqs").send_message(QueueUrl=_dlq_url(stack), MessageBody=json.dumps({"compensation_id": "fc_x"}))
+    faults = AwsFaults(sqs)
+    faults.fail("GetQueueAttributes", code=code, times=2)
+
+    # Then both the page and the redrive answer 503 queue_unavailable, and the message stays parked
+    for method, path in (("GET", "/admin/dlq"), ("POST", "/admin/dlq/redrive")):
+        answer = admin(method, path, body={} if method == "POST" else None)
+        assert answer.status == 503, answer.body
+        assert answer.body["error"] == "queue_unavailable"
+        assert answer.body["message"].startswith("SQS")
+    assert queue_depth(_dlq_url(stack)) == 1
+
+
 @pytest.mark.parametrize("body", [{"max_per_second": 0}, {"max_per_second": "fast"}, {"extra": 1}])
 def test_redrive_with_a_bad_body_is_422_and_moves_nothing(
     admin: Admin, console_runtime: Runtime, stack, body: dict[str, object]
@@ -238,6 +260,23 @@ def test_kpis_without_metrics_say_no_data_rather_than_zero(admin: Admin, console
     assert answer.body["metrics_found"] is False
     assert answer.body["saga_success_rate"]["value"] is None
     assert answer.body["alert_volume"]["value"] is None
+
+
+def test_kpis_say_cloudwatch_did_not_answer_rather_than_no_data_when_it_refuses(
+    admin: Admin, make_runtime: Callable[..., Runtime], env: dict[str, str], stack
+) -> None:
+    env["FAILED_COMPENSATIONS_DLQ_URL"] = stack.environment("AdminFunction")["FAILED_COMPENSATIONS_DLQ_URL"]
+    cloudwatch = boto3.client("cloudwatch")
+    make_runtime(cloudwatch=cloudwatch)
+    AwsFaults(cloudwatch).fail("GetMetricData", code="Throttling")
+
+    answer = admin("GET", "/admin/kpis")
+
+    # The figures the ledger gives are still there; the metric-based ones are unknown, and the page says why
+    assert answer.status == 200, answer.body
+    assert answer.body["metrics_found"] is False
+    assert answer.body["metrics_error"].startswith("CloudWatch did not answer")
+    assert answer.body["saga_success_rate"]["value"] is None
 
 
 def test_kpis_for_an_unknown_window_is_422(admin: Admin, console_runtime: Runtime) -> None:

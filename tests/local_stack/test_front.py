@@ -13,6 +13,7 @@ from local.front import Front, find_route, http_routes
 from local.lambdas import InvocationLog, LocalClock, discover_functions
 from local.template_stack import TemplateStack
 from tests.apigw import SAMPLE
+from tests.local_stack.functions import local_function
 
 
 class Control:
@@ -182,24 +183,11 @@ def test_a_run_past_its_timeout_is_logged_as_timed_out_while_it_still_runs() -> 
     import threading
     import time
 
-    from local.lambdas import LocalFunction
-
     out = io.StringIO()
     log = InvocationLog(out)
     release = threading.Event()
-    function = LocalFunction(
-        logical_id="SlowFunction",
-        folder="slow",
-        module="slow.app",
-        attribute="lambda_handler",
-        function_name="checkout-local-slow",
-        timeout_seconds=0.2,
-        memory_mb=128,
-        events={},
-        region="us-east-1",
-        account="123456789012",
-        handler=lambda event, context: release.wait(5),
-        on_timeout=log.timed_out,
+    function = local_function(
+        "Slow", timeout_seconds=0.2, handler=lambda event, context: release.wait(5), on_timeout=log.timed_out
     )
 
     # When it runs
@@ -226,8 +214,6 @@ def test_concurrent_invocations_run_in_separate_environments_as_on_lambda(
     # Given a function whose handler keeps per-request state in a module global (as Powertools' resolver does)
     import threading
 
-    from local.lambdas import LocalFunction
-
     (tmp_path / "envprobe.py").write_text(
         "import threading, time\n"
         "current = None\n"
@@ -238,18 +224,7 @@ def test_concurrent_invocations_run_in_separate_environments_as_on_lambda(
         "    return {'n': event['n'], 'saw': current, 'module': id(globals())}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    function = LocalFunction(
-        logical_id="ProbeFunction",
-        folder="probe",
-        module="envprobe",
-        attribute="handler",
-        function_name="checkout-local-probe",
-        timeout_seconds=5,
-        memory_mb=128,
-        events={},
-        region="us-east-1",
-        account="123456789012",
-    ).load()
+    function = local_function("Probe", module="envprobe", attribute="handler", timeout_seconds=5).load()
 
     # When two invocations overlap, and a third comes after they ended
     results: list[Any] = []

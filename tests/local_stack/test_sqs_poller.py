@@ -11,21 +11,11 @@ import pytest
 from local.lambdas import InvocationLog, LocalFunction
 from local.sqs_poller import SqsPoller, SqsTrigger, failed_ids
 from local.template_stack import TemplateStack
+from tests.local_stack.functions import local_function
 
 
 def consumer(handler: Any) -> LocalFunction:
-    function = LocalFunction(
-        logical_id="ConsumerFunction",
-        folder="consumer",
-        module="unused",
-        attribute="lambda_handler",
-        function_name="checkout-local-consumer",
-        timeout_seconds=30,
-        memory_mb=128,
-        events={},
-        region="us-east-1",
-        account="123456789012",
-    )
+    function = local_function("Consumer", module="unused")
     function.handler = handler
     return function
 
